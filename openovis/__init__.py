@@ -1,0 +1,1 @@
+"""openovis: an open implementation of Ovis (structural embedding alignment for multimodal LLMs)."""
