@@ -1,0 +1,195 @@
+"""`OvisConfig`: what is saved with an Ovis model.
+
+An Ovis model is any transformers vision encoder (``vision_config``) and any transformers causal LM
+(``text_config``) joined by a visual tokenizer head and a visual embedding table (VET) of
+``visual_vocab_size`` rows (DESIGN §1), or, for the paper's ablation, by an MLP projector.
+
+Every field is validated on construction; an invalid value raises ``ValueError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, get_args
+
+from transformers import CONFIG_MAPPING, PretrainedConfig
+
+from openovis.constants import IMAGE_ATOM, INDICATOR_TOKENS_OVIS2
+
+TokenizeFunction = Literal["softmax", "st_argmax", "gumbel_argmax"]
+Connector = Literal["vet", "mlp"]
+VetImpl = Literal["reference", "chunked", "auto"]
+BackboneFeature = Literal["pre_norm", "post_norm"]
+
+
+def _sub_config(value: Any, field: str) -> PretrainedConfig | None:
+    """Turns a dict (as read from config.json) into the transformers config class it names."""
+    if value is None or isinstance(value, PretrainedConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{field}: expected a transformers config or a dict, got {type(value).__name__}")
+    model_type = value.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"{field}.model_type: unknown transformers model type {model_type!r}")
+    kwargs = {k: v for k, v in value.items() if k != "model_type"}
+    return CONFIG_MAPPING[model_type](**kwargs)
+
+
+def _check_choice(field: str, value: Any, literal: Any) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise ValueError(f"{field}: must be one of {choices}, got {value!r}")
+
+
+class OvisConfig(PretrainedConfig):
+    """Configuration of `OvisForConditionalGeneration`.
+
+    Args:
+        vision_config: Config of the vision backbone (CLIP, SigLIP, SigLIP2, AIMv2, ... any transformers
+            vision model), or a dict with its ``model_type``.
+        text_config: Config of the causal LM (Llama, Qwen2/3, Gemma, ...), or a dict with its ``model_type``.
+        visual_vocab_size: K, rows of the VET, including the ``len(indicator_tokens)`` indicator rows.
+        hidden_stride: s; each s×s block of neighbouring patch features is concatenated into one visual token.
+        indicator_tokens: Indicator token strings in VET-row order; indicator i is VET row ``K - n + i``.
+        tokenize_function: How head logits become a distribution over visual words.
+        tokenize_temperature: Softmax temperature τ (logits are divided by τ).
+        connector: ``vet`` (Ovis) or ``mlp`` (the LLaVA-style projector baseline of the paper's ablation).
+        mlp_hidden_size: Hidden width of the MLP connector (default: the LLM width).
+        vet_impl: Which implementation computes ``softmax(LN(xW)) @ E`` (see `openovis.ops.vet`).
+        backbone_feature: ``pre_norm`` takes the encoder's last hidden state before any final norm (official
+            Ovis); ``post_norm`` applies it (transformers' Ovis2).
+        head_norm_eps: LayerNorm epsilon of the visual head.
+        vte_init_std: Std of the VET's normal initialization (LM-embedding scale works best from scratch).
+        image_atom_id: Text-vocabulary id of ``<IMG_ATOM>``, the position of one visual token.
+        indicator_token_ids: Text-vocabulary ids of ``indicator_tokens``, same order.
+        image_atom_token: The atom token string.
+    """
+
+    model_type = "openovis"
+    sub_configs = {"vision_config": PretrainedConfig, "text_config": PretrainedConfig}
+
+    def __init__(
+        self,
+        vision_config: PretrainedConfig | dict | None = None,
+        text_config: PretrainedConfig | dict | None = None,
+        visual_vocab_size: int = 65536,
+        hidden_stride: int = 2,
+        indicator_tokens: list[str] | tuple[str, ...] = INDICATOR_TOKENS_OVIS2,
+        tokenize_function: TokenizeFunction = "softmax",
+        tokenize_temperature: float = 1.0,
+        connector: Connector = "vet",
+        mlp_hidden_size: int | None = None,
+        vet_impl: VetImpl = "auto",
+        backbone_feature: BackboneFeature = "pre_norm",
+        head_norm_eps: float = 1e-5,
+        vte_init_std: float = 0.02,
+        image_atom_id: int | None = None,
+        indicator_token_ids: list[int] | tuple[int, ...] | None = None,
+        image_atom_token: str = IMAGE_ATOM,
+        **kwargs: Any,
+    ) -> None:
+        self.vision_config = _sub_config(vision_config, "vision_config")
+        self.text_config = _sub_config(text_config, "text_config")
+        self.visual_vocab_size = visual_vocab_size
+        self.hidden_stride = hidden_stride
+        self.indicator_tokens = list(indicator_tokens)
+        self.tokenize_function = tokenize_function
+        self.tokenize_temperature = tokenize_temperature
+        self.connector = connector
+        self.mlp_hidden_size = mlp_hidden_size
+        self.vet_impl = vet_impl
+        self.backbone_feature = backbone_feature
+        self.head_norm_eps = head_norm_eps
+        self.vte_init_std = vte_init_std
+        self.image_atom_id = image_atom_id
+        self.indicator_token_ids = list(indicator_token_ids) if indicator_token_ids is not None else None
+        self.image_atom_token = image_atom_token
+        kwargs.setdefault("tie_word_embeddings", False)  # the LLM ties its own embeddings, if it does
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        _check_choice("tokenize_function", self.tokenize_function, TokenizeFunction)
+        _check_choice("connector", self.connector, Connector)
+        _check_choice("vet_impl", self.vet_impl, VetImpl)
+        _check_choice("backbone_feature", self.backbone_feature, BackboneFeature)
+        n = len(self.indicator_tokens)
+        if not isinstance(self.hidden_stride, int) or self.hidden_stride < 1:
+            raise ValueError(f"hidden_stride: must be an integer >= 1, got {self.hidden_stride!r}")
+        if not isinstance(self.visual_vocab_size, int) or self.visual_vocab_size <= n:
+            raise ValueError(
+                f"visual_vocab_size: must be an integer > the {n} indicator tokens, got {self.visual_vocab_size!r}"
+            )
+        if n < 2 or len(set(self.indicator_tokens)) != n:
+            raise ValueError(
+                f"indicator_tokens: need at least 2 distinct tokens, got {self.indicator_tokens!r}"
+            )
+        if not self.tokenize_temperature > 0:
+            raise ValueError(f"tokenize_temperature: must be > 0, got {self.tokenize_temperature!r}")
+        if not self.head_norm_eps > 0:
+            raise ValueError(f"head_norm_eps: must be > 0, got {self.head_norm_eps!r}")
+        if not self.vte_init_std > 0:
+            raise ValueError(f"vte_init_std: must be > 0, got {self.vte_init_std!r}")
+        if self.mlp_hidden_size is not None and self.mlp_hidden_size < 1:
+            raise ValueError(f"mlp_hidden_size: must be >= 1, got {self.mlp_hidden_size!r}")
+        if self.indicator_token_ids is not None and len(self.indicator_token_ids) != n:
+            raise ValueError(
+                f"indicator_token_ids: expected {n} ids (one per indicator token), got {self.indicator_token_ids!r}"
+            )
+        ids = [self.image_atom_id, *(self.indicator_token_ids or [])]
+        vocab = getattr(self.text_config, "vocab_size", None)
+        for i in ids:
+            if i is not None and (i < 0 or (vocab is not None and i >= vocab)):
+                raise ValueError(
+                    f"image_atom_id/indicator_token_ids: id {i} is outside the text vocabulary [0, {vocab})"
+                )
+        for field in ("image_size", "patch_size", "hidden_size"):
+            if self.vision_config is not None and not hasattr(self.vision_config, field):
+                raise ValueError(f"vision_config.{field}: missing; the vision backbone config must define it")
+
+    # ---- derived sizes -------------------------------------------------------------------------------
+    @property
+    def num_indicators(self) -> int:
+        """n, the number of indicator tokens (the last n rows of the VET)."""
+        return len(self.indicator_tokens)
+
+    @property
+    def crop_size(self) -> int:
+        """S, the side of one square crop in pixels."""
+        return _as_int(self.vision_config.image_size)
+
+    @property
+    def patch_size(self) -> int:
+        """The backbone's patch side in pixels."""
+        return _as_int(self.vision_config.patch_size)
+
+    @property
+    def patch_grid(self) -> int:
+        """g, patches per side of one crop."""
+        return self.crop_size // self.patch_size
+
+    @property
+    def visual_tokens_per_crop(self) -> int:
+        """T = ceil(patch_grid / s)²: visual tokens the model produces for one crop."""
+        return math.ceil(self.patch_grid / self.hidden_stride) ** 2
+
+    @property
+    def visual_feature_size(self) -> int:
+        """d·s²: width of one merged visual feature (the head's input)."""
+        return self.vision_config.hidden_size * self.hidden_stride**2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for key in ("vision_config", "text_config"):
+            sub = getattr(self, key)
+            out[key] = sub.to_dict() if sub is not None else None
+        return out
+
+
+def _as_int(value: int | list[int] | tuple[int, ...]) -> int:
+    """Vision configs store image/patch size as an int or a (h, w) pair; Ovis crops are square."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ValueError(f"vision_config: non-square sizes are not supported, got {value!r}")
+        return int(value[0])
+    return int(value)

@@ -1,0 +1,200 @@
+"""`OvisForConditionalGeneration`: visual and text embeddings spliced into one causal-LM sequence.
+
+Notation: B samples, L sequence length, C crops in the batch (all images of all samples, in order of
+appearance), T visual tokens per crop, D LLM width, K visual vocabulary, n indicators.
+
+    input_ids [B, L] -> LLM input embeddings                        [B, L, D]
+    pixel_values [C, 3, S, S] -> visual tokenizer + VET (or MLP)    [C, T, D]
+    splice: the k-th atom position (row-major over B then L) takes visual token k;
+            positions of indicator i take VET row K - n + i (VET connector only)
+    LLM(inputs_embeds) -> logits [B, L, V]; loss on labels != -100
+
+A batch without images never runs the vision tower. During cached generation the image is encoded
+once, in the prefill step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from openovis.configuration import OvisConfig
+from openovis.modeling.connector_mlp import MLPConnector
+from openovis.modeling.visual_embedding import VisualEmbeddingTable
+from openovis.modeling.visual_tokenizer import VisualTokenizer, tokenize
+
+try:  # transformers >= 5: initializers that respect already-loaded weights
+    from transformers import initialization as _init
+except ImportError:  # pragma: no cover - transformers 4.x
+    _init = nn.init
+
+
+class OvisPreTrainedModel(PreTrainedModel):
+    config_class = OvisConfig
+    base_model_prefix = "ovis"
+    supports_gradient_checkpointing = True
+    input_modalities = ("image", "text")
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initializes Ovis's own parts; the backbone and the LLM keep their own initialization."""
+        std = getattr(self.config.text_config, "initializer_range", 0.02)
+        if isinstance(module, VisualEmbeddingTable):
+            _init.normal_(module.weight, mean=0.0, std=self.config.vte_init_std)
+        elif isinstance(module, nn.Linear):
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            _init.ones_(module.weight)
+            _init.zeros_(module.bias)
+
+
+class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
+    """Ovis: a vision backbone, a visual tokenizer head, a VET and any causal LM.
+
+    Args:
+        config: The model configuration.
+        vision_model: Optional prebuilt (e.g. pretrained) transformers vision model.
+        llm: Optional prebuilt (e.g. pretrained) transformers causal LM.
+    """
+
+    def __init__(
+        self,
+        config: OvisConfig,
+        vision_model: PreTrainedModel | None = None,
+        llm: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        if config.vision_config is None or config.text_config is None:
+            raise ValueError("vision_config/text_config: both are required to build a model")
+        self.visual_tokenizer = VisualTokenizer(config, vision_model)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
+        width = config.text_config.hidden_size
+        if config.connector == "vet":
+            self.vte = VisualEmbeddingTable(config.visual_vocab_size, width)
+            self.connector = None
+        else:
+            self.vte = None
+            self.connector = MLPConnector(config.visual_feature_size, config.mlp_hidden_size or width, width)
+        self.post_init()
+
+    # ---- embeddings ----------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.llm.get_output_embeddings()
+
+    def visual_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Crops ``[C, 3, S, S]`` -> visual-token embeddings ``[C, T, D]`` in the LLM's input space."""
+        features = self.visual_tokenizer.features(pixel_values)  # [C, T, F]
+        if self.connector is not None:
+            return self.connector(features)  # [C, T, D]
+        cfg = self.config
+        if cfg.vet_impl == "reference":
+            logits = self.visual_tokenizer.logits(features)  # [C, T, K-n]
+            probs = tokenize(logits, cfg.tokenize_function, cfg.tokenize_temperature)
+            return self.vte(F.pad(probs, (0, cfg.num_indicators)))  # [C, T, K] @ [K, D] -> [C, T, D]
+        from openovis.ops.vet import vet_embed
+
+        linear, norm = self.visual_tokenizer.head
+        return vet_embed(
+            features,
+            linear.weight,
+            norm.weight,
+            norm.bias,
+            self.vte.weight,
+            num_indicators=cfg.num_indicators,
+            tokenize=cfg.tokenize_function,
+            temperature=cfg.tokenize_temperature,
+            eps=norm.eps,
+            impl=cfg.vet_impl,
+        )  # [C, T, D]
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        past_length: int = 0,
+    ) -> torch.Tensor:
+        """Text embeddings with visual tokens and indicator rows spliced in: ``[B, L]`` -> ``[B, L, D]``."""
+        cfg = self.config
+        if cfg.image_atom_id is None:
+            raise ValueError("image_atom_id: not set in the config; build the model with its tokenizer's ids")
+        embeds = self.get_input_embeddings()(input_ids)  # [B, L, D]
+        atoms = input_ids == cfg.image_atom_id  # [B, L]
+        n_atoms = int(atoms.sum())
+        if pixel_values is not None and (n_atoms > 0 or past_length == 0):
+            visual = self.visual_embeddings(pixel_values)  # [C, T, D]
+            if visual.shape[0] * visual.shape[1] != n_atoms:
+                raise ValueError(
+                    f"image tokens and images do not match: the text has {n_atoms} atom tokens but "
+                    f"{visual.shape[0]} crops give {visual.shape[0]} x {visual.shape[1]} visual tokens"
+                )
+            embeds = embeds.masked_scatter(atoms.unsqueeze(-1), visual.to(embeds.dtype))
+        elif n_atoms > 0:
+            raise ValueError(f"the text has {n_atoms} image atom tokens but no pixel_values were given")
+        if self.vte is not None and cfg.indicator_token_ids is not None:
+            rows = self.vte.weight[cfg.visual_vocab_size - cfg.num_indicators :].to(embeds.dtype)  # [n, D]
+            for i, token_id in enumerate(cfg.indicator_token_ids):
+                embeds = torch.where((input_ids == token_id).unsqueeze(-1), rows[i], embeds)
+        return embeds
+
+    # ---- forward -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Runs the spliced sequence through the LLM.
+
+        Args:
+            input_ids: ``[B, L]`` token ids with atom and indicator tokens where images go.
+            pixel_values: ``[C, 3, S, S]``: every crop of every image of the batch, in order of appearance.
+            attention_mask: ``[B, L]`` (1 = real token).
+            position_ids: Optional ``[B, L]``.
+            past_key_values: KV cache for generation.
+            inputs_embeds: Precomputed ``[B, L, D]`` (then ``input_ids`` and ``pixel_values`` are unused).
+            labels: ``[B, L]``, ``-100`` where no loss is taken; shifted inside the LLM.
+            use_cache: Whether to return a KV cache.
+            logits_to_keep: Keep only the last N positions' logits (0 = all).
+
+        Returns:
+            The LLM's ``CausalLMOutputWithPast`` (loss, logits, past_key_values, ...).
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("input_ids: required when inputs_embeds is not given")
+            past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, past_length)
+        return self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
