@@ -273,12 +273,15 @@ register(
 
 # ---- building ----------------------------------------------------------------------------------------
 def _apply(sub: PretrainedConfig, overrides: dict[str, Any], where: str) -> PretrainedConfig:
-    sub = copy.deepcopy(sub)
-    for key, value in overrides.items():
+    """A new sub-config with fields replaced (rebuilt, so that derived fields like ``layer_types`` follow)."""
+    for key in overrides:
         if not hasattr(sub, key):
             raise ValueError(f"{where}.{key}: {type(sub).__name__} has no such field")
-        setattr(sub, key, value)
-    return sub
+    fields = {**sub.to_dict(), **overrides}
+    if "num_hidden_layers" in overrides:
+        fields.pop("layer_types", None)
+    fields.pop("model_type", None)
+    return type(sub)(**fields)
 
 
 def build_config(
