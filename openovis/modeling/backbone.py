@@ -33,6 +33,25 @@ def backbone_config(config: PretrainedConfig) -> PretrainedConfig:
     return config
 
 
+# Final norms whose output Ovis does not use: always for CLIP (it normalizes only the pooled CLS
+# token), and with pre-norm features for the others. Training freezes them (DDP rejects parameters
+# that get no gradient).
+_FINAL_NORMS = {"post_layernorm", "rms_norm"}
+
+
+def unused_parameter_names(model: PreTrainedModel, feature: str) -> list[str]:
+    """Names (relative to the backbone) of parameters that never reach Ovis's features."""
+    always = model.config.model_type == "clip_vision_model"
+    if feature == "post_norm" and not always:
+        return []
+    return [
+        f"{child}.{name}"
+        for child, module in model.named_children()
+        if child in _FINAL_NORMS
+        for name, _ in module.named_parameters()
+    ]
+
+
 def backbone_features(
     model: PreTrainedModel, pixel_values: torch.Tensor, patch_size: int, feature: str = "pre_norm"
 ) -> torch.Tensor:

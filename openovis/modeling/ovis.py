@@ -9,7 +9,8 @@ appearance), T visual tokens per crop, D LLM width, K visual vocabulary, n indic
             positions of indicator i take VET row K - n + i (VET connector only)
     LLM(inputs_embeds) -> logits [B, L, V]; loss on labels != -100
 
-A batch without images never runs the vision tower. During cached generation the image is encoded
+A batch without images does not run the vision tower (except in distributed training, where every
+process must use the same parameters at each step: there it runs one blank crop weighted 0). During cached generation the image is encoded
 once, in the prefill step.
 """
 
@@ -147,11 +148,21 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
             embeds = embeds.masked_scatter(atoms.unsqueeze(-1), visual.to(embeds.dtype))
         elif n_atoms > 0:
             raise ValueError(f"the text has {n_atoms} image atom tokens but no pixel_values were given")
+        elif self._needs_dummy_image():
+            # Distributed training: every process must use the same parameters (DDP) and enter the same
+            # modules (ZeRO-3/FSDP) at every step, so a batch without images runs one blank crop, weighted 0.
+            s = cfg.crop_size
+            blank = torch.zeros(1, 3, s, s, device=embeds.device, dtype=self.visual_tokenizer.backbone.dtype)
+            embeds = embeds + 0.0 * self.visual_embeddings(blank).sum().to(embeds.dtype)
         if self.vte is not None and cfg.indicator_token_ids is not None:
             rows = self.vte.weight[cfg.visual_vocab_size - cfg.num_indicators :].to(embeds.dtype)  # [n, D]
             for i, token_id in enumerate(cfg.indicator_token_ids):
                 embeds = torch.where((input_ids == token_id).unsqueeze(-1), rows[i], embeds)
         return embeds
+
+    def _needs_dummy_image(self) -> bool:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return distributed and self.training and torch.is_grad_enabled()
 
     # ---- forward -------------------------------------------------------------------------------------
     def forward(
