@@ -52,16 +52,16 @@ def merge_hidden_stride(features: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 def tokenize(logits: torch.Tensor, function: str, temperature: float = 1.0) -> torch.Tensor:
-    """Turns head logits into a distribution over visual words, in fp32 (the official numerics).
+    """Turns head logits into a distribution over visual words, in fp32.
 
-    ``st_argmax`` is straight-through: a one-hot forward with the softmax's gradient. ``gumbel_argmax``
-    adds Gumbel noise first (Gumbel-softmax, hard).
+    ``softmax``: ``softmax(l / τ)``. ``st_argmax`` is straight-through: a one-hot forward with the
+    gradient of ``softmax(l / τ)``. ``gumbel_argmax`` is hard Gumbel-softmax, ``softmax((l + g) / τ)``
+    as in the official code (there τ applies to the noisy logits).
     """
-    logits = logits.float() / temperature  # [.., K-n]
+    logits = logits.float()  # [.., K-n]
     if function == "gumbel_argmax":
-        gumbels = -torch.empty_like(logits).exponential_().log()
-        logits = logits + gumbels
-    soft = logits.softmax(dim=-1)
+        logits = logits - torch.empty_like(logits).exponential_().log()  # + Gumbel(0, 1) noise
+    soft = (logits / temperature).softmax(dim=-1)
     if function == "softmax":
         return soft
     index = soft.argmax(dim=-1, keepdim=True)

@@ -61,11 +61,16 @@ def _tracker_available(name: str) -> bool:
 def prepare_data_root(recipe: Recipe, accelerator: Any) -> Path:
     """Generates Shapes World into ``data_root`` when the recipe asks for it and it is missing."""
     root = Path(recipe.data_root)
-    if recipe.shapes is not None and not (root / "meta.json").exists():
-        if accelerator.is_main_process:
-            from openovis.data.shapes import ShapesConfig, generate_shapes_world
+    if recipe.shapes is None:
+        return root
+    from openovis.data.shapes import ShapesConfig, generate_shapes_world
 
-            generate_shapes_world(root, ShapesConfig(**recipe.shapes))
+    wanted = ShapesConfig(**recipe.shapes)
+    meta = root / "meta.json"
+    current = ShapesConfig(**json.loads(meta.read_text())["config"]) if meta.exists() else None
+    if current != wanted:  # missing, or generated with other settings: (re)generate
+        if accelerator.is_main_process:
+            generate_shapes_world(root, wanted)
         accelerator.wait_for_everyone()
     return root
 
