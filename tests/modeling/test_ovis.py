@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import image_span
+from model_helpers import image_span
 from transformers import AutoModelForImageTextToText
 
 from openovis import OvisForConditionalGeneration, build_model
