@@ -13,7 +13,6 @@ Overrides: top-level `OvisConfig` fields by name; sub-config fields through ``vi
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +121,28 @@ def tiny_config() -> OvisConfig:
     return _ovis(vision, text, visual_vocab_size=256, hidden_stride=2)
 
 
+def tiny_shapes_config() -> OvisConfig:
+    """The demo model, trained from scratch on Shapes World: SigLIP-style ViT 3×128 + Qwen2-style LM 3×128.
+
+    64-px crops of 8-px patches, s = 2: 16 visual tokens per image; K = 512 visual words. The text
+    vocabulary is sized by the tokenizer the recipe trains.
+    """
+    vision = SiglipVisionConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, image_size=64, patch_size=8
+    )
+    text = Qwen2Config(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+    return _ovis(vision, text, visual_vocab_size=512, hidden_stride=2, mlp_hidden_size=512)
+
+
 def paper_ovis_8b_config() -> OvisConfig:
     """Ovis 1.0 of the paper: CLIP ViT-L/14-336 + Llama3-8B, K = 131072, s = 1, start/end indicators."""
     vision = CLIPVisionConfig(
@@ -226,6 +247,9 @@ register(
         tiny_config,
         max_partition=1,
     )
+)
+register(
+    Preset("tiny-shapes", "the demo model: ViT 3x128 + LM 3x128, K=512, trained from scratch", tiny_shapes_config, max_partition=1)
 )
 register(
     Preset(

@@ -37,6 +37,48 @@ def models() -> None:
         )
 
 
+data_app = typer.Typer(help="Generate and inspect data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path, typer.Option(help="Output folder (becomes the image root).")],
+    seed: Annotated[int, typer.Option(help="Seed: same seed, byte-identical data.")] = 0,
+    n_train: Annotated[int, typer.Option(help="Training images.")] = 4000,
+    n_test: Annotated[int, typer.Option(help="Images per test split (in-distribution, held-out composition).")] = 350,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels (32-256).")] = 64,
+    tokenizer: Annotated[bool, typer.Option(help="Also train the text tokenizer on the corpus (into OUT/tokenizer).")] = False,
+) -> None:
+    """Generate Shapes World: captions, descriptions, QA conversations and test splits (see docs/data-shapes.md)."""
+    from openovis.data.shapes import ShapesConfig, generate_shapes_world
+
+    info = generate_shapes_world(out, ShapesConfig(seed=seed, n_train=n_train, n_test=n_test, image_size=image_size))
+    if tokenizer:
+        from openovis.data.text_tokenizer import tokenizer_for_shapes
+
+        tokenizer_for_shapes(out, out_dir=out / "tokenizer")
+    typer.echo(f"wrote {out} in {info['seconds']:.1f}s: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()))
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Report folder (data, runs, report.md, PNGs).")] = Path(
+        "demo_out"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="Smaller data and 1/5 of the steps: a ~2-minute smoke run.")
+    ] = False,
+    seeds: Annotated[int, typer.Option(help="Training seeds per connector (report shows mean ± std).")] = 1,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train Ovis (VET) and its MLP-projector twin on Shapes World, evaluate both, and write a report."""
+    from openovis.demo import DemoConfig, run_demo, summary_lines
+
+    results = run_demo(DemoConfig(out=out, quick=quick, seeds=seeds, progress=progress))
+    typer.echo("\n".join(summary_lines(results, out)))
+
+
 @app.command("train")
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
@@ -60,6 +102,70 @@ def train(
         extra.append(f"output_dir={output_dir}")
     summary = run_training(load_recipe(recipe, extra), resume=resume, progress=progress)
     typer.echo(f"final model: {summary['final_model']} ({summary['seconds']:.0f}s)")
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model folder saved by training (model + processor).")],
+    data: Annotated[
+        Path, typer.Option(help="Test set: conversation JSON/JSONL with answers, or a VLMEvalKit TSV.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Results JSON (default: MODEL/eval_<data>.json).")] = None,
+    image_root: Annotated[
+        Path | None, typer.Option(help="Folder image paths are relative to (default: the data's).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Questions per generation batch.")] = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+) -> None:
+    """Evaluate a model: accuracy overall and per question type, with chance levels, and every prediction."""
+    from openovis.evaluation.runner import format_table, run_eval
+
+    result = run_eval(model, data, out, image_root, batch_size, max_new_tokens, limit, device=device)
+    typer.echo(format_table(result["metrics"]))
+    typer.echo(f"predictions: {result['path']}")
+
+
+@app.command("chat")
+def chat(
+    model: Annotated[Path, typer.Option(help="Model folder saved by training (model + processor).")],
+    question: Annotated[
+        str | None, typer.Argument(help="One question (omit for an interactive chat).")
+    ] = None,
+    image: Annotated[list[Path] | None, typer.Option(help="Image file (repeat for several).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+) -> None:
+    """Ask a model about images: one question, or an interactive multi-turn chat with streamed answers."""
+    from transformers import TextStreamer
+
+    from openovis.inference import OvisPipeline
+
+    pipe = OvisPipeline.from_pretrained(model, device=device)
+    images = [str(p) for p in image or []]
+    if question is not None:
+        typer.echo(pipe.chat(question, images, max_new_tokens=max_new_tokens))
+        return
+    streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    history = pipe.new_conversation()
+    typer.echo(
+        "Interactive chat: empty line or Ctrl-D to quit; '/image PATH' adds an image to the next question."
+    )
+    pending: list[str] = list(images)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        if line.startswith("/image "):
+            pending.append(line.split(" ", 1)[1].strip())
+            continue
+        typer.echo("ovis> ", nl=False)
+        pipe.chat(line, pending, history=history, max_new_tokens=max_new_tokens, streamer=streamer)
+        pending = []
 
 
 @app.command("convert")

@@ -90,9 +90,13 @@ class StageResult:
     """What a finished stage reports."""
 
     losses: list[float]
+    """Loss of every step of the stage."""
     seconds: float
+    """Wall time of this run of the stage (after a resume: since the resume)."""
     tokens: int
+    """Input tokens processed in that time, all processes."""
     skips: dict[str, Any]
+    """Skip counts of the data pipeline."""
 
 
 def _supervised_tokens(batch: dict[str, Any]) -> int:
@@ -153,7 +157,7 @@ def train_stage(
         desc=stage.name,
         disable=not (progress and accelerator.is_main_process),
     )
-    start_time, start_tokens = time.perf_counter(), state.tokens
+    start_time, seen_tokens = time.perf_counter(), 0
     while state.step < stage.max_steps:
         micro = [next(batches) for _ in range(stage.grad_accum)]
         for b in micro:
@@ -189,8 +193,9 @@ def train_stage(
         state.step += 1
         state.losses.append(step_loss)
         state.tokens += count
+        seen_tokens += sum(int(b["attention_mask"].sum()) for b in micro) * accelerator.num_processes
         elapsed = time.perf_counter() - start_time
-        rate = (state.tokens - start_tokens) / max(elapsed, 1e-9)
+        rate = seen_tokens / max(elapsed, 1e-9)  # input tokens (text + visual) per second, all processes
         lr = max(g["lr"] for g in optimizer.param_groups)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
@@ -205,7 +210,7 @@ def train_stage(
     bar.close()
     state.skips = skips.counts
     save_checkpoint(accelerator, stage_dir, state)
-    return StageResult(state.losses, time.perf_counter() - start_time, state.tokens, state.skips)
+    return StageResult(state.losses, time.perf_counter() - start_time, seen_tokens, state.skips)
 
 
 class _SkipTally:

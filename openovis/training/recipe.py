@@ -245,11 +245,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+"""Recipes shipped with the package (``recipes/`` in the repository links here)."""
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> path of every shipped recipe."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Reads a recipe YAML, applies overrides, validates, and resolves ``data_root`` against the file."""
+    """Reads a recipe YAML (a path, or the name of a shipped recipe), applies overrides and validates it."""
     path = Path(path)
+    if not path.exists() and str(path) in shipped_recipes():
+        path = shipped_recipes()[str(path)]
     if not path.exists():
-        raise FileNotFoundError(f"recipe {path} does not exist")
+        raise FileNotFoundError(f"recipe {path} does not exist; shipped recipes: {', '.join(shipped_recipes())}")
     data = yaml.safe_load(path.read_text()) or {}
     data = apply_overrides(data, overrides or [])
     return parse(Recipe, data, "")

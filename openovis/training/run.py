@@ -116,13 +116,8 @@ def build_processor(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> A
     if recipe.model.checkpoint and (Path(recipe.model.checkpoint) / "processor_config.json").exists():
         return OvisProcessor.from_pretrained(recipe.model.checkpoint)
     preset = get_preset(recipe.model.preset or "tiny")
-    return OvisProcessor.from_model_config(
-        model.config,
-        tokenizer,
-        image_mean=preset.image_mean,
-        image_std=preset.image_std,
-        max_partition=preset.max_partition,
-    )
+    stats = {"image_mean": preset.image_mean, "image_std": preset.image_std}
+    return OvisProcessor.from_model_config(model.config, tokenizer, image_stats=stats, max_partition=preset.max_partition)
 
 
 def stage_dataset(stage: StageSpec, processor: Any, data_root: Path, seed: int) -> Any:
