@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 from openovis.builders import build_model
 from openovis.training.param_groups import assign_learning_rates
-from openovis.training.recipe import apply_overrides, load_recipe, parse, shipped_recipes, Recipe
+from openovis.training.recipe import Recipe, apply_overrides, load_recipe, parse, shipped_recipes
 
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
