@@ -67,7 +67,7 @@ def demo(
         "demo_out"
     ),
     quick: Annotated[
-        bool, typer.Option(help="Smaller data and 1/5 of the steps: a ~2-minute smoke run.")
+        bool, typer.Option(help="Smaller data and 1/10 of the steps: a smoke run of the whole pipeline.")
     ] = False,
     seeds: Annotated[int, typer.Option(help="Training seeds per connector (report shows mean ± std).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,

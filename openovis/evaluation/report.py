@@ -162,7 +162,7 @@ def _markdown(results: dict[str, Any]) -> str:
 Ovis (visual head + visual embedding table, **VET**) against the paper's baseline, an **MLP**
 projector with the same parameter count, both trained from scratch on Shapes World with the same
 data, steps and learning rates (`recipes/tiny-shapes.yaml`, `recipes/tiny-shapes-mlp.yaml`).
-{"Quick mode: a smaller data set and 1/5 of the steps (a smoke run, not a measurement)." if cfg["quick"] else ""}
+{"Quick mode: a smaller data set and 1/10 of the steps (a smoke run, not a measurement)." if cfg["quick"] else ""}
 
 - Wall time: **{results["seconds"] / 60:.1f} min** for everything ({len(runs)} models; seeds: {cfg["seeds"]}) on
   {machine["threads"]} CPU threads (torch {machine["torch"]}, Python {machine["python"]}).

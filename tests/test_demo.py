@@ -1,0 +1,54 @@
+"""The README's main command in quick mode, then `openovis eval` and `openovis chat` on what it saved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from openovis.cli import app
+from openovis.demo import DemoConfig, run_demo, summary_lines
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(DemoConfig(out=out, quick=True, progress=False))
+
+
+def test_quick_demo_writes_the_report(demo):
+    out, results = demo
+    for name in ("report.md", "accuracy.png", "loss_curves.png", "visual_words.png", "results.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert {r["connector"] for r in results["runs"]} == {"vet", "mlp"}
+    vet, mlp = (next(r for r in results["runs"] if r["connector"] == c) for c in ("vet", "mlp"))
+    assert abs(vet["connector_params"] - mlp["connector_params"]) / vet["connector_params"] < 0.02
+    assert abs(vet["params"] - mlp["params"]) / vet["params"] < 0.01
+    for split in ("in-distribution", "held-out composition"):
+        metrics = vet["eval"][split]
+        assert metrics["n"] == 70
+        assert set(metrics["per_type"]) == {"color", "shape", "count", "position", "exist", "relation", "mcq"}
+    report = (out / "report.md").read_text()
+    assert "| color |" in report and "VET in-distribution" in report
+    assert json.loads((out / "results.json").read_text())["table"]["mlp"]
+    lines = summary_lines(results, out)
+    assert len(lines) == 5 and lines[-1].endswith("report.md")
+    for run in results["runs"]:  # the loss fell in every stage
+        for stage in run["stages"]:
+            assert stage["final_loss"] < stage["first_loss"], (run["connector"], stage["stage"])
+
+
+def test_eval_and_chat_commands_on_the_demo_model(demo, tmp_path):
+    out, results = demo
+    model = results["runs"][0]["model"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--model", model, "--data", str(out / "data" / "qa_test_id.json"), "--limit", "10", "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "| **overall** | 10 |" in res.output
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert len(saved["predictions"]) == 10 and {"prediction", "answer", "correct"} <= set(saved["predictions"][0])
+    image = out / "data" / "images" / "test_id" / "000000.png"
+    res = runner.invoke(app, ["chat", "--model", model, "--image", str(image), "What color is the circle?"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip()
