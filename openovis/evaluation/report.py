@@ -7,10 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
+from openovis.evaluation.analysis import plot_visual_words, top_visual_words
 from openovis.plots import _pyplot, smooth
+
+__all__ = [
+    "accuracy_table",
+    "plot_accuracy",
+    "plot_stage_losses",
+    "plot_visual_words",
+    "top_visual_words",
+    "write_report",
+]
 
 
 def _cell(mean_std: tuple[float, float], seeds: int) -> str:
@@ -86,46 +94,6 @@ def plot_stage_losses(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-@torch.inference_mode()
-def top_visual_words(pipeline: Any, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Top visual word and its probability for each visual token of a 1-crop image: two [g, g] arrays."""
-    sample = pipeline.processor(None, [image], mode="caption")
-    pixels = sample["pixel_values"][:1].to(pipeline.device, pipeline.model.dtype)
-    probs = pipeline.model.visual_tokenizer.probabilities(pixels)[0].float()  # [T, K]
-    g = int(round(probs.shape[0] ** 0.5))
-    p, w = probs.max(-1)
-    return w.reshape(g, g).cpu().numpy(), p.reshape(g, g).cpu().numpy()
-
-
-def plot_visual_words(pipeline: Any, images: list[Path], path: Path) -> Path:
-    """Each test image beside its grid of top visual words (colour = word id, text = id and probability)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, len(images), figsize=(2.4 * len(images), 5.0), dpi=110)
-    cmap = plt.get_cmap("tab20")
-    for col, file in enumerate(images):
-        img = Image.open(file).convert("RGB")
-        words, probs = top_visual_words(pipeline, img)
-        g = words.shape[0]
-        axes[0, col].imshow(img)
-        axes[0, col].set_title(file.name, fontsize=8)
-        colours = cmap(words % 20)
-        axes[1, col].imshow(colours)
-        axes[1, col].imshow(img, extent=(-0.5, g - 0.5, g - 0.5, -0.5), alpha=0.35)
-        for r in range(g):
-            for c in range(g):
-                axes[1, col].text(
-                    c, r, f"{words[r, c]}\n{probs[r, c]:.2f}", ha="center", va="center", fontsize=6
-                )
-        for ax in axes[:, col]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[1, 0].set_ylabel("top visual word\n(id, probability)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     """Writes report.md and its figures into ``out``."""
     from openovis.inference import OvisPipeline
@@ -133,7 +101,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     plot_accuracy(results, out / "accuracy.png")
     plot_stage_losses(results, out / "loss_curves.png")
     vet = next(r for r in results["runs"] if r["connector"] == "vet")
-    test_images = sorted((out / "data" / "images" / "test_id").glob("*.png"))[:6]
+    test_images = sorted((Path(results["data"]) / "images" / "test_id").glob("*.png"))[:6]
     plot_visual_words(
         OvisPipeline.from_pretrained(vet["model"], device="cpu"), test_images, out / "visual_words.png"
     )

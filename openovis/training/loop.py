@@ -8,6 +8,11 @@ of the global batch, whatever the split over processes and micro-batches, so a 2
 
 Data order is a seeded stream of sample indices; step t consumes the same global slice of it for
 any number of processes, which is also what makes resuming exact.
+
+Every ``log_every`` steps the loss, learning rate and throughput go to the trackers, with cheap
+monitors of the visual vocabulary (`monitor_statistics`): the RMS row norms of the VET and of the
+LLM's input embeddings, and the mean entropy and effective vocabulary of the visual-word
+distributions of a few crops of the step's last micro-batch.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ from tqdm.auto import tqdm
 
 from openovis.constants import IGNORE_INDEX
 from openovis.data.collator import model_inputs
+from openovis.evaluation.analysis import (
+    effective_vocabulary,
+    rms_row_norm,
+    token_entropy,
+    visual_word_probabilities,
+)
 from openovis.training.checkpoint import TrainerState, latest_checkpoint, save_checkpoint
 from openovis.training.lora import trainable_under_lora
 from openovis.training.param_groups import param_groups
@@ -108,6 +119,61 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+MONITOR_CROPS = 8
+"""Crops of the last micro-batch whose visual-word distributions `monitor_statistics` recomputes."""
+
+
+@torch.no_grad()
+def monitor_statistics(
+    model: torch.nn.Module, pixel_values: torch.Tensor | None, max_crops: int = MONITOR_CROPS
+) -> dict[str, float]:
+    """Cheap health statistics of the visual vocabulary, logged with the loss.
+
+    - ``text_embed_rms``: RMS row norm ``‖E‖_F / sqrt(rows)`` of the LLM's input embeddings;
+    - ``vte_rms``: the same for the VET, whose rows are spliced among those text embeddings (their
+      relative scale matters, DESIGN §5b);
+    - ``visual_entropy``: mean entropy (nats, 0 … log K') of the visual tokens' distributions;
+    - ``visual_eff_vocab``: ``exp(H(usage))`` of those tokens' summed distributions (1 … K').
+
+    An MLP-connector model (no VET) gets only ``text_embed_rms``; without images the two
+    ``visual_*`` values are left out. The distributions are recomputed without gradients for at most ``max_crops`` crops: the fused VET op
+    never materializes them, so there is nothing to hook. The visual tokenizer runs in eval mode,
+    so nothing is drawn from the random generators and a resumed run stays exact.
+
+    Args:
+        model: The unwrapped `OvisForConditionalGeneration`.
+        pixel_values: ``[C, 3, S, S]`` crops of the batch, or None.
+        max_crops: Most crops to recompute.
+    """
+    stats = {"text_embed_rms": rms_row_norm(model.get_input_embeddings().weight)}
+    if model.vte is None:
+        return stats
+    stats["vte_rms"] = rms_row_norm(model.vte.weight)
+    if pixel_values is None or pixel_values.shape[0] == 0:
+        return stats
+    tokenizer = model.visual_tokenizer
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        pixels = pixel_values[:max_crops].to(next(tokenizer.parameters()).dtype)
+        probs = visual_word_probabilities(tokenizer, pixels).flatten(0, 1)  # [N, K']
+    finally:
+        tokenizer.train(was_training)
+    stats["visual_entropy"] = float(token_entropy(probs).mean())
+    stats["visual_eff_vocab"] = effective_vocabulary(probs.sum(0))  # [K'] usage
+    return stats
+
+
+def _parameters_sharded(accelerator: Any) -> bool:
+    """FSDP and ZeRO-3 shard parameters: outside the wrapped forward they cannot be read whole."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
+
+
 def train_stage(
     accelerator: Any,
     model: torch.nn.Module,
@@ -158,6 +224,7 @@ def train_stage(
         disable=not (progress and accelerator.is_main_process),
     )
     start_time, seen_tokens = time.perf_counter(), 0
+    monitor = accelerator.is_main_process and not _parameters_sharded(accelerator)
     while state.step < stage.max_steps:
         micro = [next(batches) for _ in range(stage.grad_accum)]
         for b in micro:
@@ -200,10 +267,11 @@ def train_stage(
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
         if state.step % stage.log_every == 0 or state.step == stage.max_steps:
-            accelerator.log(
-                {f"{stage.name}/loss": step_loss, f"{stage.name}/lr": lr, f"{stage.name}/tokens_per_s": rate},
-                step=state.step,
-            )
+            logged = {"loss": step_loss, "lr": lr, "tokens_per_s": rate}
+            if monitor:  # of this (main) process's last micro-batch
+                with accelerator.autocast():
+                    logged |= monitor_statistics(model, _last_pixels(micro, accelerator.device))
+            accelerator.log({f"{stage.name}/{k}": v for k, v in logged.items()}, step=state.step)
         if stage.save_every and state.step % stage.save_every == 0 and state.step < stage.max_steps:
             state.skips = skips.counts
             save_checkpoint(accelerator, stage_dir, state)
@@ -211,6 +279,15 @@ def train_stage(
     state.skips = skips.counts
     save_checkpoint(accelerator, stage_dir, state)
     return StageResult(state.losses, time.perf_counter() - start_time, seen_tokens, state.skips)
+
+
+def _last_pixels(micro: list[dict[str, Any]], device: torch.device) -> torch.Tensor | None:
+    """The crops of the last micro-batch that has any (None in a text-only stage)."""
+    for b in reversed(micro):
+        pixels = b.get("pixel_values")
+        if pixels is not None and pixels.shape[0] > 0:
+            return pixels[:MONITOR_CROPS].to(device)
+    return None
 
 
 class _SkipTally:
