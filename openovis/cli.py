@@ -46,19 +46,27 @@ def data_shapes(
     out: Annotated[Path, typer.Option(help="Output folder (becomes the image root).")],
     seed: Annotated[int, typer.Option(help="Seed: same seed, byte-identical data.")] = 0,
     n_train: Annotated[int, typer.Option(help="Training images.")] = 4000,
-    n_test: Annotated[int, typer.Option(help="Images per test split (in-distribution, held-out composition).")] = 350,
+    n_test: Annotated[
+        int, typer.Option(help="Images per test split (in-distribution, held-out composition).")
+    ] = 350,
     image_size: Annotated[int, typer.Option(help="Image side in pixels (32-256).")] = 64,
-    tokenizer: Annotated[bool, typer.Option(help="Also train the text tokenizer on the corpus (into OUT/tokenizer).")] = False,
+    tokenizer: Annotated[
+        bool, typer.Option(help="Also train the text tokenizer on the corpus (into OUT/tokenizer).")
+    ] = False,
 ) -> None:
     """Generate Shapes World: captions, descriptions, QA conversations and test splits (see docs/data-shapes.md)."""
     from openovis.data.shapes import ShapesConfig, generate_shapes_world
 
-    info = generate_shapes_world(out, ShapesConfig(seed=seed, n_train=n_train, n_test=n_test, image_size=image_size))
+    info = generate_shapes_world(
+        out, ShapesConfig(seed=seed, n_train=n_train, n_test=n_test, image_size=image_size)
+    )
     if tokenizer:
         from openovis.data.text_tokenizer import tokenizer_for_shapes
 
         tokenizer_for_shapes(out, out_dir=out / "tokenizer")
-    typer.echo(f"wrote {out} in {info['seconds']:.1f}s: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()))
+    typer.echo(
+        f"wrote {out} in {info['seconds']:.1f}s: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items())
+    )
 
 
 @app.command("demo")
@@ -77,6 +85,80 @@ def demo(
 
     results = run_demo(DemoConfig(out=out, quick=quick, seeds=seeds, progress=progress))
     typer.echo("\n".join(summary_lines(results, out)))
+
+
+@app.command("ablate")
+def ablate(
+    experiment: Annotated[str, typer.Argument(help="connector | vocab | stages")],
+    seeds: Annotated[int, typer.Option(help="Training seeds per grid point (tables show mean ± std).")] = 1,
+    out: Annotated[
+        Path,
+        typer.Option(help="Workspace: data, runs (reused when already finished), results per experiment."),
+    ] = Path("ablate_out"),
+    quick: Annotated[
+        bool,
+        typer.Option(help="Smaller data, 1/10 of the steps, smaller grid: a smoke run, not a measurement."),
+    ] = False,
+    recipe: Annotated[
+        str, typer.Option(help="Base recipe (shipped name or path) on Shapes World.")
+    ] = "tiny-shapes",
+    values: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated grid instead of the default: K values (vocab), variants like 1+3 (stages)."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run one of the paper's checks as a grid of training runs: a table (results.md) and a plot."""
+    from openovis.evaluation.ablation import AblationConfig, run_ablation, summary_lines
+
+    grid = [v.strip() for v in values.split(",") if v.strip()] if values else []
+    cfg = AblationConfig(
+        experiment, out, seeds=seeds, quick=quick, recipe=recipe, values=grid, progress=progress
+    )
+    results = run_ablation(cfg)
+    typer.echo("\n".join(summary_lines(results)))
+    typer.echo(f"results: {out / experiment / 'results.md'}")
+
+
+@app.command("analyze")
+def analyze(
+    model: Annotated[Path, typer.Option(help="VET model folder saved by training (model + processor).")],
+    data: Annotated[
+        Path | None, typer.Option(help="Conversation or caption file whose images are analysed.")
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="Or a folder of images (searched recursively).")] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(help="Folder the data file's image paths are relative to (default: its folder)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: MODEL/analysis).")] = None,
+    max_images: Annotated[int, typer.Option(help="Analyse at most this many images.")] = 500,
+    word: Annotated[
+        list[int] | None,
+        typer.Option(help="Visual word to show in the patch gallery (repeatable; default: the most used)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Visual-word analysis: entropies, vocabulary usage, top words over images, patch galleries, nearest text tokens."""
+    from openovis.evaluation.analysis import run_analysis
+
+    result = run_analysis(
+        model,
+        data,
+        out,
+        images=images,
+        image_root=image_root,
+        max_images=max_images,
+        words=word or None,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    typer.echo(f"report: {result['report']}")
 
 
 @app.command("train")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -43,12 +44,45 @@ def test_eval_and_chat_commands_on_the_demo_model(demo, tmp_path):
     out, results = demo
     model = results["runs"][0]["model"]
     runner = CliRunner()
-    res = runner.invoke(app, ["eval", "--model", model, "--data", str(out / "data" / "qa_test_id.json"), "--limit", "10", "--out", str(tmp_path / "r.json")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            model,
+            "--data",
+            str(Path(results["data"]) / "qa_test_id.json"),
+            "--limit",
+            "10",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "| **overall** | 10 |" in res.output
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert len(saved["predictions"]) == 10 and {"prediction", "answer", "correct"} <= set(saved["predictions"][0])
-    image = out / "data" / "images" / "test_id" / "000000.png"
+    assert len(saved["predictions"]) == 10 and {"prediction", "answer", "correct"} <= set(
+        saved["predictions"][0]
+    )
+    image = Path(results["data"]) / "images" / "test_id" / "000000.png"
     res = runner.invoke(app, ["chat", "--model", model, "--image", str(image), "What color is the circle?"])
     assert res.exit_code == 0, res.output
     assert res.output.strip()
+    data = Path(results["data"])
+    args = [
+        "analyze",
+        "--model",
+        model,
+        "--data",
+        str(data / "qa_test_id.json"),
+        "--max-images",
+        "6",
+        "--out",
+        str(tmp_path / "a"),
+    ]
+    res = runner.invoke(app, [*args, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a" / "analysis.md").exists() and (
+        tmp_path / "a" / "word_usage.png"
+    ).stat().st_size > 0
+    assert json.loads((tmp_path / "a" / "analysis.json").read_text())["images"] == 6
