@@ -78,12 +78,18 @@ def demo(
         bool, typer.Option(help="Smaller data and 1/10 of the steps: a smoke run of the whole pipeline.")
     ] = False,
     seeds: Annotated[int, typer.Option(help="Training seeds per connector (report shows mean ± std).")] = 1,
+    steps: Annotated[
+        float | None,
+        typer.Option(
+            help="Multiplier of the tiny-shapes recipe's steps (default 0.5, 0.1 with --quick; e.g. 4 for a long run)."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train Ovis (VET) and its MLP-projector twin on Shapes World, evaluate both, and write a report."""
     from openovis.demo import DemoConfig, run_demo, summary_lines
 
-    results = run_demo(DemoConfig(out=out, quick=quick, seeds=seeds, progress=progress))
+    results = run_demo(DemoConfig(out=out, quick=quick, seeds=seeds, progress=progress, steps=steps))
     typer.echo("\n".join(summary_lines(results, out)))
 
 

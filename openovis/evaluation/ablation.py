@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import yaml
 
-from openovis.evaluation.runner import chance_levels, evaluate, load_records
+from openovis.evaluation.runner import chance_levels, evaluate, load_records, majority_levels
 
 SPLITS = {"in-distribution": "qa_test_id.json", "held-out composition": "qa_test_heldout.json"}
 """Evaluation splits of Shapes World: display name -> file in the data folder."""
@@ -47,7 +47,7 @@ QUICK_STEP_SCALE = 0.1
 
 DEFAULT_VALUES: dict[str, dict[bool, list[str]]] = {
     "connector": {False: ["vet", "mlp"], True: ["vet", "mlp"]},
-    "vocab": {False: [str(2**e) for e in range(6, 15)], True: ["16", "64", "512"]},
+    "vocab": {False: ["64", "256", "512", "1024", "4096", "16384"], True: ["16", "64", "512"]},
     "stages": {False: ["1", "1+2", "3", "1+3", "2+3", "1+2+3"], True: ["1", "3", "1+2+3"]},
 }
 """Grid points per experiment, full (False) and quick (True)."""
@@ -200,6 +200,8 @@ class Workspace:
     quick: bool = False
     progress: bool = True
     shapes_seed: int = 0
+    steps: float | None = None
+    """Multiplier of every stage's steps (default: 1, or 1/10 when quick)."""
 
     @property
     def shapes(self) -> dict[str, Any]:
@@ -215,6 +217,8 @@ class Workspace:
 
     @property
     def step_scale(self) -> float:
+        if self.steps is not None:
+            return self.steps
         return QUICK_STEP_SCALE if self.quick else 1.0
 
     def prepare(self) -> None:
@@ -371,6 +375,10 @@ def markdown_tables(results: dict[str, Any]) -> str:
             + " |"
             + " |" * len(extra_names)
         )
+        constant = results.get("majority", {}).get(split, {})
+        if constant:
+            cells = " | ".join(f"{constant[t]:.3f}" if t in constant else "" for t in types)
+            lines.append("| best constant answer | " + cells + " |" + " |" * len(extra_names))
         for label in labels:
             cells = [_fmt(table[label][split][t], seeds) for t in types]
             cells += [extras[label][name] for name in extra_names]
@@ -494,6 +502,8 @@ class AblationConfig:
     """Base recipe (a shipped name or a path); a Shapes World recipe, since evaluation uses its test splits."""
     values: list[str] = field(default_factory=list)
     """Grid points instead of the default (K values for vocab, variants like ``1+3`` for stages)."""
+    steps: float | None = None
+    """Multiplier of the recipe's steps (default: 1, or 1/10 with ``quick``)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -501,6 +511,8 @@ class AblationConfig:
             raise ValueError(f"experiment: must be one of {', '.join(EXPERIMENTS)}, got {self.experiment!r}")
         if self.seeds < 1:
             raise ValueError(f"seeds: must be >= 1, got {self.seeds}")
+        if self.steps is not None and not self.steps > 0:
+            raise ValueError(f"steps: the step multiplier must be > 0, got {self.steps}")
 
     @property
     def grid(self) -> list[str]:
@@ -528,7 +540,7 @@ def run_ablation(
 ) -> dict[str, Any]:
     """Runs (or reuses) every run of the experiment and writes its results folder."""
     t0 = time.perf_counter()
-    ws = Workspace(cfg.out, quick=cfg.quick, progress=cfg.progress)
+    ws = Workspace(cfg.out, quick=cfg.quick, progress=cfg.progress, steps=cfg.steps)
     runs_todo = grid_runs(cfg, ws)  # validates the grid before any data is made
     ws.prepare()
     runs = []
@@ -547,6 +559,7 @@ def run_ablation(
         "step_scale": ws.step_scale,
         "machine": machine(),
         "chance": chance_levels(ws.data / SPLITS["in-distribution"]),
+        "majority": {split: majority_levels(ws.data / file) for split, file in SPLITS.items()},
         "runs": runs,
         "table": aggregate(runs),
         "seconds": round(time.perf_counter() - t0, 1),
@@ -594,7 +607,8 @@ def _report(results: dict[str, Any], plot: str) -> str:
   on {m["threads"]} CPU threads (torch {m["torch"]}).
 
 Accuracy: greedy answers, normalized exact match (option letter for mcq); chance is a uniform guess
-over each type's answers.
+over each type's answers; the best constant answer always gives the type's most common answer in
+that split (what a model that ignores the image can reach).
 
 {markdown_tables(results)}
 

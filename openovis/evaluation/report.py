@@ -27,19 +27,21 @@ def _cell(mean_std: tuple[float, float], seeds: int) -> str:
 
 
 def accuracy_table(results: dict[str, Any]) -> str:
-    """Rows: question types; columns: chance, then VET and MLP for each split."""
+    """Rows: question types; columns: chance, the best constant answer, then VET and MLP per split."""
     table, chance, seeds = results["table"], results["chance"], results["config"]["seeds"]
+    constant = results.get("majority", {}).get("in-distribution", {})
     splits = list(table["vet"])
-    header = "| type | chance | " + " | ".join(f"VET {s} | MLP {s}" for s in splits) + " |"
-    lines = [header, "|" + "---|" * (2 + 2 * len(splits))]
+    header = "| type | chance | constant | " + " | ".join(f"VET {s} | MLP {s}" for s in splits) + " |"
+    lines = [header, "|" + "---|" * (3 + 2 * len(splits))]
     types = [t for t in table["vet"][splits[0]] if t != "overall"]
     for t in [*types, "overall"]:
         c = f"{chance[t]:.3f}" if t in chance else ""
+        m = f"{constant[t]:.3f}" if t in constant else ""
         cells = " | ".join(
             f"{_cell(table['vet'][s][t], seeds)} | {_cell(table['mlp'][s][t], seeds)}" for s in splits
         )
         name = f"**{t}**" if t == "overall" else t
-        lines.append(f"| {name} | {c} | {cells} |")
+        lines.append(f"| {name} | {c} | {m} | {cells} |")
     return "\n".join(lines)
 
 
@@ -109,6 +111,42 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     return out / "report.md"
 
 
+ABOVE_CHANCE = 0.15
+"""Margin over both baselines (uniform chance, the best constant answer) that `reading` counts as a
+question type the model answers from the image."""
+
+
+def reading(results: dict[str, Any]) -> list[str]:
+    """Plain statements of what the numbers show: which question types each model answers clearly
+    above chance (in distribution), and which connector reached the lower loss in each stage."""
+    table, chance = results["table"], results["chance"]
+    constant = results.get("majority", {}).get("in-distribution", {})
+    base = {t: max(chance.get(t, 0.0), constant.get(t, 0.0)) for t in {*chance, *constant}}
+    lines = []
+    for connector in table:
+        cell = table[connector]["in-distribution"]
+        above = [t for t in cell if t in base and cell[t][0] >= base[t] + ABOVE_CHANCE]
+        name = connector.upper()
+        if above:
+            lines.append(
+                f"{name} answers {', '.join(above)} clearly (≥ +{ABOVE_CHANCE:.2f}) above both chance and the "
+                "best constant answer, in distribution."
+            )
+        else:
+            lines.append(
+                f"{name} is within {ABOVE_CHANCE:.2f} of chance or of the best constant answer on every "
+                "question type: at this budget it answers from the answer prior, not from the image."
+            )
+    runs = results["runs"]
+    for i, stage in enumerate(runs[0]["stages"]):
+        final = {c: [r["stages"][i]["final_loss"] for r in runs if r["connector"] == c] for c in table}
+        means = {c: sum(v) / len(v) for c, v in final.items() if v}
+        best = min(means, key=means.get)
+        others = ", ".join(f"{c.upper()} {v:.3f}" for c, v in means.items())
+        lines.append(f"{stage['stage']}: final loss {others} (lower: {best.upper()}).")
+    return lines
+
+
 def _markdown(results: dict[str, Any]) -> str:
     runs, cfg = results["runs"], results["config"]
     first = runs[0]
@@ -134,14 +172,20 @@ data, steps and learning rates (`recipes/tiny-shapes.yaml`, `recipes/tiny-shapes
 
 - Wall time: **{results["seconds"] / 60:.1f} min** for everything ({len(runs)} models; seeds: {cfg["seeds"]}) on
   {machine["threads"]} CPU threads (torch {machine["torch"]}, Python {machine["python"]}).
+- Steps: {cfg["step_scale"]}× those of the recipes (`openovis demo --steps X` changes it; the
+  default keeps the demo within about 10 minutes on 2 CPU cores).
 - Data: Shapes World {json.dumps(cfg["shapes"])} (defaults otherwise; see `data/meta.json`).
 {sizes}
 
 ## Accuracy (greedy answers, normalized exact match; option letter for mcq)
 
-{"Mean ± std over seeds." if cfg["seeds"] > 1 else "One seed: run `openovis demo --seeds 3` for spread."} Chance is a uniform guess over each type's answers.
+{"Mean ± std over seeds." if cfg["seeds"] > 1 else "One seed: run `openovis demo --seeds 3` for spread."} Chance is a uniform guess over each type's answers; *constant* is the accuracy of always giving the type's most common in-distribution answer (what a model that ignores the image can reach).
 
 {accuracy_table(results)}
+
+What the numbers say:
+
+{chr(10).join("- " + line for line in reading(results))}
 
 ![accuracy](accuracy.png)
 

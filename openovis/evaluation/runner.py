@@ -103,6 +103,21 @@ def chance_levels(path: str | Path) -> dict[str, float]:
     return json.loads(meta.read_text()).get("chance_accuracy", {})
 
 
+def majority_levels(path: str | Path) -> dict[str, float]:
+    """Per question type, the accuracy of always giving that type's most common answer in the file.
+
+    The best a model that never looks at the image can do with one answer per type: a stricter
+    baseline than the uniform chance of `chance_levels`. Needs records with ``type`` and ``answer``.
+    """
+    from collections import Counter
+
+    counts: dict[str, Counter] = {}
+    for record in load_records(path):
+        if record.get("type") is not None and record.get("answer") is not None:
+            counts.setdefault(record["type"], Counter())[str(record["answer"]).strip().lower()] += 1
+    return {t: c.most_common(1)[0][1] / sum(c.values()) for t, c in sorted(counts.items())}
+
+
 def evaluate(
     pipeline: Any,
     records: list[dict[str, Any]],

@@ -147,6 +147,7 @@ def test_run_ablation_writes_table_plot_and_json(tmp_path, monkeypatch, experime
     monkeypatch.setattr(ablation, "run", fake_run)
     monkeypatch.setattr(Workspace, "prepare", lambda self: None)
     monkeypatch.setattr(ablation, "chance_levels", lambda path: {"color": 0.125, "shape": 0.2})
+    monkeypatch.setattr(ablation, "majority_levels", lambda path: {"color": 0.3, "shape": 0.5})
     values = ["16", "64", "256"] if experiment == "vocab" else ["1", "3", "1+2+3"]
     results = ablation.run_ablation(
         AblationConfig(experiment, tmp_path, seeds=2, values=values, progress=False)
@@ -161,6 +162,7 @@ def test_run_ablation_writes_table_plot_and_json(tmp_path, monkeypatch, experime
     report = (folder / "results.md").read_text()
     assert f"| {values[0]} | 0.275 ± 0.035 |" in report
     assert "| chance | 0.125 | 0.200 |" in report
+    assert "| best constant answer | 0.300 | 0.500 |" in report
     assert json.loads(json.dumps(results["table"])) == saved["table"]
 
 
@@ -181,3 +183,12 @@ def test_shipped_recipes_resolve():
     assert Path(ablation.recipe_data("tiny-shapes")["output_dir"]).name == "tiny-shapes"
     with pytest.raises(FileNotFoundError, match="shipped recipes"):
         ablation.recipe_data("no-such-recipe")
+
+
+def test_step_multiplier_scales_every_stage_and_changes_the_run(tmp_path):
+    full, half = Workspace(tmp_path).base("tiny-shapes"), Workspace(tmp_path, steps=0.5).base("tiny-shapes")
+    assert [s["max_steps"] for s in half["stages"]] == [round(s["max_steps"] / 2) for s in full["stages"]]
+    assert Workspace(tmp_path, quick=True).step_scale == 0.1
+    assert Run("vet", 0, full).key() != Run("vet", 0, half).key()
+    with pytest.raises(ValueError, match="steps: the step multiplier must be > 0"):
+        AblationConfig("vocab", steps=0)

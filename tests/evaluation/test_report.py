@@ -1,0 +1,55 @@
+"""The demo report's baselines and its plain-language reading of the numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from openovis.evaluation.report import ABOVE_CHANCE, accuracy_table, reading
+from openovis.evaluation.runner import majority_levels
+
+
+def test_majority_levels_is_the_best_constant_answer(tmp_path):
+    records = [
+        {
+            "image": "a.png",
+            "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": a}],
+            "answer": a,
+            "type": t,
+        }
+        for t, a in [("color", "red"), ("color", "Red"), ("color", "blue"), ("count", "2"), ("count", "3")]
+    ]
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps(records))
+    assert majority_levels(path) == {"color": pytest.approx(2 / 3), "count": 0.5}
+
+
+def _results(vet_color: float, mlp_color: float) -> dict:
+    def cell(color):
+        return {"in-distribution": {"color": (color, 0.0), "count": (0.5, 0.0), "overall": (color, 0.0)}}
+
+    stage = lambda name, loss: {"stage": name, "final_loss": loss, "steps": 10, "first_loss": 2 * loss}  # noqa: E731
+    return {
+        "table": {"vet": cell(vet_color), "mlp": cell(mlp_color)},
+        "chance": {"color": 0.2, "count": 0.2},
+        "majority": {"in-distribution": {"color": 0.3, "count": 0.45}},
+        "config": {"seeds": 1},
+        "runs": [
+            {"connector": "vet", "stages": [stage("s1", 0.9)]},
+            {"connector": "mlp", "stages": [stage("s1", 1.1)]},
+        ],
+    }
+
+
+def test_reading_compares_with_the_stricter_baseline():
+    lines = reading(_results(vet_color=0.3 + ABOVE_CHANCE + 0.01, mlp_color=0.3 + ABOVE_CHANCE - 0.01))
+    assert lines[0].startswith("VET answers color clearly")  # count: 0.5 is only 0.05 above the constant 0.45
+    assert lines[1].startswith("MLP is within")  # above chance + margin, but not above the constant + margin
+    assert lines[2] == "s1: final loss VET 0.900, MLP 1.100 (lower: VET)."
+
+
+def test_accuracy_table_shows_both_baselines():
+    table = accuracy_table(_results(0.9, 0.4))
+    assert "| type | chance | constant | VET in-distribution | MLP in-distribution |" in table
+    assert "| color | 0.200 | 0.300 | 0.900 | 0.400 |" in table
