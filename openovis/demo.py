@@ -15,21 +15,11 @@ in-distribution and held-out-composition test splits, and writes a report folder
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openovis.evaluation.ablation import (
-    SPLITS,
-    AblationConfig,
-    Workspace,
-    aggregate,
-    grid_runs,
-    machine,
-    run,
-)
-from openovis.evaluation.runner import chance_levels, majority_levels
+from openovis.evaluation.ablation import AblationConfig, Workspace, grid_runs, run_grid
 
 DEFAULT_STEPS = 0.5
 """The default demo trains half of each stage's recipe steps: both models in about 10 minutes on 2 CPU cores."""
@@ -65,27 +55,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """
     from openovis.evaluation.report import write_report
 
-    t0 = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     steps = cfg.steps if cfg.steps is not None else (None if cfg.quick else DEFAULT_STEPS)
     ws = Workspace(cfg.out, quick=cfg.quick, progress=cfg.progress, steps=steps)
     grid = grid_runs(AblationConfig("connector", cfg.out, seeds=cfg.seeds, quick=cfg.quick, steps=steps), ws)
-    ws.prepare()
-    runs = [run(point, ws) for point in grid]
-    results = {
-        "config": {
-            "quick": cfg.quick,
-            "seeds": cfg.seeds,
-            "shapes": ws.shapes,
-            "step_scale": ws.step_scale,
-        },
-        "data": str(ws.data),
-        "machine": machine(),
-        "chance": chance_levels(ws.data / SPLITS["in-distribution"]),
-        "majority": {split: majority_levels(ws.data / file) for split, file in SPLITS.items()},
-        "runs": runs,
-        "table": aggregate(runs),
-        "seconds": round(time.perf_counter() - t0, 1),
+    results = run_grid(grid, ws)
+    results["config"] = {
+        "quick": cfg.quick,
+        "seeds": cfg.seeds,
+        "shapes": results["shapes"],
+        "step_scale": results["step_scale"],
     }
     (cfg.out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(cfg.out, results)

@@ -188,8 +188,14 @@ class Run:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def folder(self, out: Path) -> Path:
+        """``<out>/runs/<label>-seed<s>-<hash>``; an existing folder with the same hash is reused, so
+        the same run reached from another experiment (another label) is found."""
+        key = self.key()
+        existing = sorted((out / "runs").glob(f"*-seed{self.seed}-{key}"))
+        if existing:
+            return existing[0]
         slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", self.label)
-        return out / "runs" / f"{slug}-seed{self.seed}-{self.key()}"
+        return out / "runs" / f"{slug}-seed{self.seed}-{key}"
 
 
 @dataclass(frozen=True)
@@ -281,7 +287,7 @@ def run(point: Run, ws: Workspace) -> dict[str, Any]:
     folder = point.folder(ws.out)
     done = folder / "result.json"
     if done.exists():
-        return {**json.loads(done.read_text()), "cached": True}
+        return {**json.loads(done.read_text()), "label": point.label, "cached": True}
     data = {
         **copy.deepcopy(point.recipe),
         "output_dir": str(folder),
@@ -535,35 +541,45 @@ def grid_runs(cfg: AblationConfig, ws: Workspace) -> list[Run]:
     return [Run(value, seed, points[value]) for seed in range(cfg.seeds) for value in cfg.grid]
 
 
+def run_grid(
+    runs: list[Run], ws: Workspace, on_run: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Prepares the workspace, runs (or reuses) every run, and returns what every report needs: the
+    runs' results, their aggregate table, the baselines of the test splits, machine and wall time."""
+    t0 = time.perf_counter()
+    ws.prepare()
+    results = []
+    for point in runs:
+        results.append(run(point, ws))
+        if on_run is not None:
+            on_run(results[-1])
+    return {
+        "shapes": ws.shapes,
+        "step_scale": ws.step_scale,
+        "data": str(ws.data),
+        "machine": machine(),
+        "chance": chance_levels(ws.data / SPLITS["in-distribution"]),
+        "majority": {split: majority_levels(ws.data / file) for split, file in SPLITS.items()},
+        "runs": results,
+        "table": aggregate(results),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cached_runs": sum(r["cached"] for r in results),
+    }
+
+
 def run_ablation(
     cfg: AblationConfig, on_run: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """Runs (or reuses) every run of the experiment and writes its results folder."""
-    t0 = time.perf_counter()
     ws = Workspace(cfg.out, quick=cfg.quick, progress=cfg.progress, steps=cfg.steps)
-    runs_todo = grid_runs(cfg, ws)  # validates the grid before any data is made
-    ws.prepare()
-    runs = []
-    for point in runs_todo:
-        result = run(point, ws)
-        runs.append(result)
-        if on_run is not None:
-            on_run(result)
+    runs = grid_runs(cfg, ws)  # validates the grid before any data is made
     results = {
         "experiment": cfg.experiment,
         "recipe": cfg.recipe,
         "quick": cfg.quick,
         "seeds": cfg.seeds,
         "grid": cfg.grid,
-        "shapes": ws.shapes,
-        "step_scale": ws.step_scale,
-        "machine": machine(),
-        "chance": chance_levels(ws.data / SPLITS["in-distribution"]),
-        "majority": {split: majority_levels(ws.data / file) for split, file in SPLITS.items()},
-        "runs": runs,
-        "table": aggregate(runs),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "cached_runs": sum(r["cached"] for r in runs),
+        **run_grid(runs, ws, on_run),
     }
     folder = cfg.out / cfg.experiment
     folder.mkdir(parents=True, exist_ok=True)

@@ -47,30 +47,10 @@ def accuracy_table(results: dict[str, Any]) -> str:
 
 def plot_accuracy(results: dict[str, Any], path: Path) -> Path:
     """Grouped bars per question type: VET vs MLP with the chance level, one panel per split."""
-    plt = _pyplot()
-    table, chance = results["table"], results["chance"]
-    splits = list(table["vet"])
-    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 3.8), dpi=110, sharey=True)
-    for ax, split in zip(np.atleast_1d(axes), splits, strict=True):
-        types = [t for t in table["vet"][split] if t != "overall"] + ["overall"]
-        x = np.arange(len(types))
-        for offset, connector, colour in ((-0.2, "vet", "#1f77b4"), (0.2, "mlp", "#ff7f0e")):
-            means = [table[connector][split][t][0] for t in types]
-            stds = [table[connector][split][t][1] for t in types]
-            ax.bar(x + offset, means, 0.4, yerr=stds, label=connector.upper(), color=colour, capsize=2)
-        for i, t in enumerate(types):
-            if t in chance:
-                ax.hlines(chance[t], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
-        ax.set_xticks(x, types, rotation=30)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(split)
-        ax.grid(axis="y", alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("accuracy (dashes: chance)")
-    np.atleast_1d(axes)[0].legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from openovis.evaluation.ablation import plot_grouped_accuracy
+
+    table = {connector.upper(): cells for connector, cells in results["table"].items()}
+    return plot_grouped_accuracy(table, results["chance"], path)
 
 
 def plot_stage_losses(results: dict[str, Any], path: Path) -> Path:
@@ -134,8 +114,8 @@ def reading(results: dict[str, Any]) -> list[str]:
             )
         else:
             lines.append(
-                f"{name} is within {ABOVE_CHANCE:.2f} of chance or of the best constant answer on every "
-                "question type: at this budget it answers from the answer prior, not from the image."
+                f"{name} is nowhere more than {ABOVE_CHANCE:.2f} above both chance and the best constant "
+                "answer: at this budget it answers from the answer prior, not from the image."
             )
     runs = results["runs"]
     for i, stage in enumerate(runs[0]["stages"]):

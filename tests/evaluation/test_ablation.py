@@ -85,8 +85,11 @@ def test_experiments_share_a_run_when_the_point_is_the_same(tmp_path):
     vet = grid_runs(AblationConfig("connector", tmp_path), ws)[0]
     k512 = grid_runs(AblationConfig("vocab", tmp_path, values=["512"]), ws)[0]
     all_stages = grid_runs(AblationConfig("stages", tmp_path, values=["1+2+3"]), ws)[0]
-    assert vet.folder(tmp_path).name.split("-")[-1] == k512.folder(tmp_path).name.split("-")[-1]
-    assert vet.key() == all_stages.key()
+    assert vet.key() == k512.key() == all_stages.key()
+    folder = vet.folder(tmp_path)
+    assert folder.name == f"vet-seed0-{vet.key()}"
+    folder.mkdir(parents=True)
+    assert k512.folder(tmp_path) == all_stages.folder(tmp_path) == folder  # found under its first label
 
 
 def _fake_result(point: Run, ws: Workspace, accuracy: float) -> dict:
@@ -121,6 +124,8 @@ def test_finished_runs_are_reused_not_recomputed(tmp_path, monkeypatch):
     monkeypatch.setattr("openovis.training.run.train", no_training)
     result = ablation.run(point, ws)
     assert result["cached"] and result["eval"]["in-distribution"]["overall"] == 0.7
+    again = ablation.run(Run("another label", point.seed, point.recipe), ws)
+    assert again["cached"] and again["label"] == "another label"
 
 
 def test_aggregate_gives_mean_and_std_over_seeds():

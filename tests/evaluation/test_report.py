@@ -45,7 +45,9 @@ def _results(vet_color: float, mlp_color: float) -> dict:
 def test_reading_compares_with_the_stricter_baseline():
     lines = reading(_results(vet_color=0.3 + ABOVE_CHANCE + 0.01, mlp_color=0.3 + ABOVE_CHANCE - 0.01))
     assert lines[0].startswith("VET answers color clearly")  # count: 0.5 is only 0.05 above the constant 0.45
-    assert lines[1].startswith("MLP is within")  # above chance + margin, but not above the constant + margin
+    assert lines[1].startswith(
+        "MLP is nowhere more than"
+    )  # above chance + margin, but not above the constant + margin
     assert lines[2] == "s1: final loss VET 0.900, MLP 1.100 (lower: VET)."
 
 
