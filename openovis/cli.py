@@ -114,6 +114,9 @@ def ablate(
             help="Comma-separated grid instead of the default: K values (vocab), variants like 1+3 (stages)."
         ),
     ] = None,
+    steps: Annotated[
+        float | None, typer.Option(help="Multiplier of the recipe's steps (default 1, 0.1 with --quick).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run one of the paper's checks as a grid of training runs: a table (results.md) and a plot."""
@@ -121,7 +124,7 @@ def ablate(
 
     grid = [v.strip() for v in values.split(",") if v.strip()] if values else []
     cfg = AblationConfig(
-        experiment, out, seeds=seeds, quick=quick, recipe=recipe, values=grid, progress=progress
+        experiment, out, seeds=seeds, quick=quick, recipe=recipe, values=grid, steps=steps, progress=progress
     )
     results = run_ablation(cfg)
     typer.echo("\n".join(summary_lines(results)))

@@ -86,3 +86,21 @@ def test_eval_and_chat_commands_on_the_demo_model(demo, tmp_path):
         tmp_path / "a" / "word_usage.png"
     ).stat().st_size > 0
     assert json.loads((tmp_path / "a" / "analysis.json").read_text())["images"] == 6
+
+
+def test_demo_command_passes_its_options(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(cfg):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr("openovis.demo.run_demo", fake)
+    monkeypatch.setattr("openovis.demo.summary_lines", lambda results, out: ["ok"])
+    args = ["demo", "--out", str(tmp_path), "--seeds", "3", "--steps", "2", "--no-progress"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert (cfg.out, cfg.seeds, cfg.steps, cfg.quick, cfg.progress) == (tmp_path, 3, 2.0, False, False)
+    with pytest.raises(ValueError, match="steps: the step multiplier must be > 0"):
+        DemoConfig(steps=0)

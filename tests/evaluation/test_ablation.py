@@ -180,7 +180,7 @@ def test_cli_rejects_an_unknown_experiment(tmp_path):
 def test_cli_help_lists_the_options():
     res = CliRunner().invoke(app, ["ablate", "--help"])
     assert res.exit_code == 0
-    for option in ("--seeds", "--quick", "--values", "--recipe", "--out"):
+    for option in ("--seeds", "--quick", "--values", "--recipe", "--out", "--steps"):
         assert option in res.output
 
 
@@ -197,3 +197,19 @@ def test_step_multiplier_scales_every_stage_and_changes_the_run(tmp_path):
     assert Run("vet", 0, full).key() != Run("vet", 0, half).key()
     with pytest.raises(ValueError, match="steps: the step multiplier must be > 0"):
         AblationConfig("vocab", steps=0)
+
+
+def test_cli_passes_every_option_to_the_ablation(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(cfg):
+        seen["cfg"] = cfg
+        return {"experiment": cfg.experiment, "table": {}}
+
+    monkeypatch.setattr(ablation, "run_ablation", fake)
+    args = ["ablate", "vocab", "--out", str(tmp_path), "--seeds", "2", "--quick", "--values", "16, 64"]
+    res = CliRunner().invoke(app, [*args, "--steps", "0.3", "--recipe", "tiny-shapes-mlp", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert (cfg.experiment, cfg.out, cfg.seeds, cfg.quick) == ("vocab", tmp_path, 2, True)
+    assert (cfg.values, cfg.steps, cfg.recipe, cfg.progress) == (["16", "64"], 0.3, "tiny-shapes-mlp", False)
