@@ -27,7 +27,6 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,7 +356,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
-def _fmt(cell: tuple[float, float], seeds: int) -> str:
+def format_cell(cell: tuple[float, float], seeds: int) -> str:
+    """``mean ± std`` over seeds, or the mean alone for one seed."""
     mean, std = cell
     return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
 
@@ -386,7 +386,7 @@ def markdown_tables(results: dict[str, Any]) -> str:
             cells = " | ".join(f"{constant[t]:.3f}" if t in constant else "" for t in types)
             lines.append("| best constant answer | " + cells + " |" + " |" * len(extra_names))
         for label in labels:
-            cells = [_fmt(table[label][split][t], seeds) for t in types]
+            cells = [format_cell(table[label][split][t], seeds) for t in types]
             cells += [extras[label][name] for name in extra_names]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
@@ -400,12 +400,12 @@ def _extras(results: dict[str, Any]) -> dict[str, dict[str, str]]:
     for label in results["table"]:
         mine = [r for r in results["runs"] if r["label"] == label]
         cells = {
-            "final loss": _fmt(mean_std([r["final_loss"] for r in mine]), seeds),
+            "final loss": format_cell(mean_std([r["final_loss"] for r in mine]), seeds),
             "connector params": f"{mine[0]['connector_params']:,}",
         }
         usage = [r["usage"] for r in mine if "usage" in r]
         cells["effective vocab"] = (
-            _fmt(mean_std([u["effective_vocab"] for u in usage]), seeds) if usage else "–"
+            format_cell(mean_std([u["effective_vocab"] for u in usage]), seeds) if usage else "–"
         )
         cells["train s"] = f"{statistics.fmean(r['train_seconds'] for r in mine):.0f}"
         out[label] = cells
@@ -541,18 +541,12 @@ def grid_runs(cfg: AblationConfig, ws: Workspace) -> list[Run]:
     return [Run(value, seed, points[value]) for seed in range(cfg.seeds) for value in cfg.grid]
 
 
-def run_grid(
-    runs: list[Run], ws: Workspace, on_run: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
+def run_grid(runs: list[Run], ws: Workspace) -> dict[str, Any]:
     """Prepares the workspace, runs (or reuses) every run, and returns what every report needs: the
     runs' results, their aggregate table, the baselines of the test splits, machine and wall time."""
     t0 = time.perf_counter()
     ws.prepare()
-    results = []
-    for point in runs:
-        results.append(run(point, ws))
-        if on_run is not None:
-            on_run(results[-1])
+    results = [run(point, ws) for point in runs]
     return {
         "shapes": ws.shapes,
         "step_scale": ws.step_scale,
@@ -567,9 +561,7 @@ def run_grid(
     }
 
 
-def run_ablation(
-    cfg: AblationConfig, on_run: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
+def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
     """Runs (or reuses) every run of the experiment and writes its results folder."""
     ws = Workspace(cfg.out, quick=cfg.quick, progress=cfg.progress, steps=cfg.steps)
     runs = grid_runs(cfg, ws)  # validates the grid before any data is made
@@ -579,7 +571,7 @@ def run_ablation(
         "quick": cfg.quick,
         "seeds": cfg.seeds,
         "grid": cfg.grid,
-        **run_grid(runs, ws, on_run),
+        **run_grid(runs, ws),
     }
     folder = cfg.out / cfg.experiment
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from openovis.evaluation.ablation import format_cell
 from openovis.evaluation.analysis import plot_visual_words, top_visual_words
 from openovis.plots import _pyplot, smooth
 
@@ -19,11 +20,6 @@ __all__ = [
     "top_visual_words",
     "write_report",
 ]
-
-
-def _cell(mean_std: tuple[float, float], seeds: int) -> str:
-    mean, std = mean_std
-    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
 
 
 def accuracy_table(results: dict[str, Any]) -> str:
@@ -38,7 +34,8 @@ def accuracy_table(results: dict[str, Any]) -> str:
         c = f"{chance[t]:.3f}" if t in chance else ""
         m = f"{constant[t]:.3f}" if t in constant else ""
         cells = " | ".join(
-            f"{_cell(table['vet'][s][t], seeds)} | {_cell(table['mlp'][s][t], seeds)}" for s in splits
+            f"{format_cell(table['vet'][s][t], seeds)} | {format_cell(table['mlp'][s][t], seeds)}"
+            for s in splits
         )
         name = f"**{t}**" if t == "overall" else t
         lines.append(f"| {name} | {c} | {m} | {cells} |")
