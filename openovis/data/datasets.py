@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch.utils.data import Dataset
 from openovis.constants import IMAGE_PLACEHOLDER
 from openovis.data.skips import SkipCounter, SkippedSample, SkipReason, SkipSample
 from openovis.processing.conversation import Message, check_text, check_turn_order, normalize_messages
-from openovis.processing.image import load_image
+from openovis.processing.image import check_relative_path, load_image, resolve_image_path
 
 logger = logging.getLogger(__name__)
 
@@ -244,39 +243,6 @@ class Sample:
     caption: str | None = None
 
 
-_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-def check_relative_path(rel: Any) -> str:
-    """Lexical check of an image path: relative, no way up out of the root.
-
-    Raises:
-        SkipSample: MALFORMED_RECORD (not a non-empty string) or PATH_ESCAPE.
-    """
-    rel = check_text(rel, "image path")
-    if not rel or "\x00" in rel:
-        raise SkipSample(SkipReason.MALFORMED_RECORD, f"bad image path {rel!r}")
-    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(rel):
-        raise SkipSample(SkipReason.PATH_ESCAPE, f"absolute path {rel!r}")
-    normalized = os.path.normpath(rel.replace("\\", "/"))
-    if normalized == ".." or normalized.startswith("../"):
-        raise SkipSample(SkipReason.PATH_ESCAPE, f"{rel!r} leaves the image root")
-    return rel
-
-
-def resolve_image_path(root: str | os.PathLike[str], rel: str) -> Path:
-    """``root / rel`` with symlinks resolved; it must stay inside ``root``.
-
-    Raises:
-        SkipSample: PATH_ESCAPE (lexically, or through a symlink) or MALFORMED_RECORD.
-    """
-    real_root = Path(root).resolve()
-    real = (real_root / check_relative_path(rel)).resolve()
-    if not real.is_relative_to(real_root):
-        raise SkipSample(SkipReason.PATH_ESCAPE, f"{rel!r} resolves outside the image root")
-    return real
-
-
 def _image_list(raw: Mapping[str, Any]) -> tuple[str, ...]:
     value = raw.get("image", raw.get("images"))
     if value is None:
@@ -373,7 +339,10 @@ class OvisDataset(Dataset):
         if isinstance(entry, SkipSample):
             return self._skip(index, entry)
         try:
-            images = [load_image(resolve_image_path(self.image_root, rel)) for rel in entry.images]
+            max_pixels = self.processor.image_config.max_image_pixels
+            images = [
+                load_image(resolve_image_path(self.image_root, rel), max_pixels) for rel in entry.images
+            ]
             if self.source.format == "caption":
                 out = self.processor(entry.caption, images, mode="caption", max_length=self.max_length)
             else:

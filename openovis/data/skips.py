@@ -32,6 +32,7 @@ class SkipReason(str, Enum):
     MISSING_IMAGE = "missing image"
     EMPTY_IMAGE = "empty image file"
     UNREADABLE_IMAGE = "unreadable image"
+    IMAGE_TOO_LARGE = "image too large"
     PATH_ESCAPE = "image path outside root"
     PLACEHOLDER_MISMATCH = "placeholder mismatch"
     RESERVED_TOKEN = "reserved token in text"
@@ -43,6 +44,8 @@ class SkipReason(str, Enum):
     IMAGES_TOO_LONG = "images exceed max length"
     TOO_LONG = "sequence too long"
     NO_SUPERVISED_TOKENS = "no supervised tokens"
+    MISSING_ANSWER = "no reference answer"
+    NO_IMAGE = "no image"
 
 
 class SkipSample(ValueError):

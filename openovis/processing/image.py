@@ -18,9 +18,11 @@ the backbone's mean colour, not black; we do the same.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -50,6 +52,16 @@ _RESAMPLE = {
 }
 _WHITE = (255, 255, 255)
 
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""Largest image (width x height) decoded by default, checked from the header before decoding.
+
+The model never sees more than ``max_partition * image_size**2`` pixels (9 x 448² ≈ 1.8 M for
+Ovis2), so a larger image is only downscaled; 40 M admits 8K x 5K photos and most page scans, while
+bounding the decoded RGB buffer (120 MB, ~2.5x that during conversion) per DataLoader worker.
+Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, ~89 M, an error only at twice that) is a
+decompression-bomb guard, not a memory budget.
+"""
+
 
 @dataclass(frozen=True)
 class ImageProcessingConfig:
@@ -67,6 +79,8 @@ class ImageProcessingConfig:
         resample: PIL resampling filter for every resize.
         letterbox: Keep aspect and zero-pad to square (official Ovis); False stretches each crop to
             S x S after resizing the whole image to the grid canvas (transformers-Ovis2 style).
+        max_image_pixels: Images with more pixels (width x height) are refused before decoding
+            (skip reason ``image too large``); None leaves only Pillow's decompression-bomb limit.
     """
 
     image_size: int
@@ -78,6 +92,7 @@ class ImageProcessingConfig:
     covering_threshold: float = 0.9
     resample: Resample = "bicubic"
     letterbox: bool = True
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "hidden_stride", "max_partition"):
@@ -97,6 +112,9 @@ class ImageProcessingConfig:
             raise ValueError(f"resample: must be one of {get_args(Resample)}, got {self.resample!r}")
         if not isinstance(self.letterbox, bool):
             raise ValueError(f"letterbox: must be a bool, got {self.letterbox!r}")
+        pixels = self.max_image_pixels
+        if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1):
+            raise ValueError(f"max_image_pixels: must be a positive integer or None, got {pixels!r}")
 
     @property
     def patch_grid(self) -> int:
@@ -215,10 +233,15 @@ def _exif_upright(img: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
-    """Maps a 16/32-bit integer or float single-channel image to 8-bit ``L``."""
+    """Maps a 16/32-bit integer or float single-channel image to 8-bit ``L``.
+
+    Values already in 0..255 are kept as they are (8-bit content stored in a wider mode, which is
+    what converters often write); 16-bit values above 255 are scaled by 1/257; a float image in
+    [0, 1] is scaled by 255; any other range is stretched min..max.
+    """
     arr = np.nan_to_num(np.asarray(img).astype(np.float64))
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and 255 < hi <= 65535):
+    if img.mode.startswith("I") and lo >= 0 and 255 < hi <= 65535:
         arr = arr / 257.0  # full 16-bit range -> 8 bits
     elif img.mode == "F" and lo >= 0 and hi <= 1.0:
         arr = arr * 255.0
@@ -227,18 +250,22 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(
+    path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Opens, fully decodes and converts an image file to RGB.
 
     Args:
         path: The image file.
+        max_pixels: Refuse images with more pixels than this, read from the header before decoding
+            (None: only Pillow's own decompression-bomb limit).
 
     Returns:
         An RGB image, detached from the file.
 
     Raises:
-        SkipSample: MISSING_IMAGE, EMPTY_IMAGE or UNREADABLE_IMAGE (truncated, undecodable,
-            decompression bomb, unsupported mode).
+        SkipSample: MISSING_IMAGE, EMPTY_IMAGE, IMAGE_TOO_LARGE or UNREADABLE_IMAGE (truncated,
+            undecodable, decompression bomb, unsupported mode).
     """
     path = Path(path)
     try:
@@ -249,14 +276,87 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise SkipSample(SkipReason.UNREADABLE_IMAGE, f"{path}: {err}") from err
     if size == 0:
         raise SkipSample(SkipReason.EMPTY_IMAGE, str(path))
+    return _decode(path, str(path), max_pixels)
+
+
+def load_image_bytes(
+    data: bytes, where: str = "image bytes", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """:func:`load_image` for an encoded image held in memory (e.g. base64 from a TSV cell).
+
+    Raises:
+        SkipSample: EMPTY_IMAGE, IMAGE_TOO_LARGE or UNREADABLE_IMAGE.
+    """
+    if not data:
+        raise SkipSample(SkipReason.EMPTY_IMAGE, where)
+    return _decode(io.BytesIO(data), where, max_pixels)
+
+
+def check_image_pixels(width: int, height: int, max_pixels: int | None, where: str) -> None:
+    """Raises SkipSample(IMAGE_TOO_LARGE) when ``width * height`` exceeds ``max_pixels``."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise SkipSample(
+            SkipReason.IMAGE_TOO_LARGE,
+            f"{where}: {width}x{height} = {width * height:,} pixels > max_image_pixels {max_pixels:,}",
+        )
+
+
+def _decode(source: Path | io.BytesIO, where: str, max_pixels: int | None) -> Image.Image:
+    """Opens (header only), checks the pixel count, then decodes and converts to RGB."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            check_image_pixels(img.width, img.height, max_pixels, where)  # before decoding anything
             img.load()  # decode now: truncated files fail here, not later in a worker
             return to_rgb(img)
+    except SkipSample:
+        raise
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise SkipSample(SkipReason.UNREADABLE_IMAGE, f"{path}: {err}") from err
+        raise SkipSample(SkipReason.UNREADABLE_IMAGE, f"{where}: {err}") from err
     except Exception as err:  # noqa: BLE001 - decoders of corrupt files raise anything (struct.error, ...)
-        raise SkipSample(SkipReason.UNREADABLE_IMAGE, f"{path}: {type(err).__name__}: {err}") from err
+        raise SkipSample(SkipReason.UNREADABLE_IMAGE, f"{where}: {type(err).__name__}: {err}") from err
+
+
+# --------------------------------------------------------------------------- image paths
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_relative_path(rel: Any) -> str:
+    """Lexical check of an image path: relative, no way up out of the root.
+
+    Raises:
+        SkipSample: MALFORMED_RECORD (not a non-empty string), INVALID_TEXT or PATH_ESCAPE.
+    """
+    if not isinstance(rel, str):
+        raise SkipSample(SkipReason.MALFORMED_RECORD, f"image path: expected text, got {type(rel).__name__}")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SkipSample(SkipReason.INVALID_TEXT, f"image path: {err.reason}") from err
+    if not rel or "\x00" in rel:
+        raise SkipSample(SkipReason.MALFORMED_RECORD, f"bad image path {rel!r}")
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(rel):
+        raise SkipSample(SkipReason.PATH_ESCAPE, f"absolute path {rel!r}")
+    normalized = os.path.normpath(rel.replace("\\", "/"))
+    if normalized == ".." or normalized.startswith("../"):
+        raise SkipSample(SkipReason.PATH_ESCAPE, f"{rel!r} leaves the image root")
+    return rel
+
+
+def resolve_image_path(root: str | os.PathLike[str], rel: Any) -> Path:
+    """``root / rel`` with symlinks resolved; it must stay inside ``root``.
+
+    The one resolver of image paths for training data, evaluation data and ``chat --image-root``.
+
+    Raises:
+        SkipSample: PATH_ESCAPE (absolute, ``..``, or a symlink out of the root), MALFORMED_RECORD
+            or INVALID_TEXT.
+    """
+    real_root = Path(root).resolve()
+    real = (real_root / check_relative_path(rel)).resolve()
+    if not real.is_relative_to(real_root):
+        raise SkipSample(SkipReason.PATH_ESCAPE, f"{rel!r} resolves outside the image root")
+    return real
 
 
 # --------------------------------------------------------------------------- grid selection

@@ -333,3 +333,75 @@ def test_load_image_failures_are_counted_skips(tmp_path: Path) -> None:
             load_image(tmp_path / name)
         assert info.value.reason is reason, name
     assert load_image(good).size == (64, 64)
+
+
+# --------------------------------------------------------------------------- every mode keeps its content
+
+
+def _known_rgb() -> Image.Image:
+    """A 16 x 16 image of distinct 8-bit colours (no value near 0 or 255, so no mode clips it)."""
+    values = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 7 % 200 + 20).astype(np.uint8)
+    return Image.fromarray(values)
+
+
+def _in_mode(img: Image.Image, mode: str) -> Image.Image:
+    if mode.startswith("I;16"):
+        gray = np.asarray(img.convert("L")).astype(">u2" if mode == "I;16B" else "<u2")
+        return Image.frombytes(mode, img.size, gray.tobytes())
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        srgb, lab = ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB")
+        return ImageCms.applyTransform(img, ImageCms.buildTransformFromOpenProfiles(srgb, lab, "RGB", "LAB"))
+    if mode == "PA":
+        return img.convert("P").convert("PA")
+    return img.convert(mode)
+
+
+COLOUR_MODES = ["RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV", "LAB", "P", "PA"]
+GRAY_MODES = ["L", "LA", "I", "I;16", "I;16B", "I;16L", "F"]
+
+
+@pytest.mark.parametrize("mode", COLOUR_MODES + GRAY_MODES + ["1"])
+def test_every_mode_keeps_its_8_bit_content(mode: str) -> None:
+    img = _known_rgb()
+    if mode == "1":
+        img = img.convert("L").point(lambda v: 255 if v > 100 else 0)
+    expected = np.asarray(img.convert("L" if mode in GRAY_MODES + ["1"] else "RGB")).astype(int)
+    out = np.asarray(to_rgb(_in_mode(img, mode))).astype(int)
+    if mode in GRAY_MODES + ["1"]:
+        assert (out == out[..., :1]).all()  # gray stays gray
+        out = out[..., 0]
+    tolerance = {"P": 48, "PA": 48, "LAB": 4, "YCbCr": 3, "HSV": 3}.get(mode, 1)  # P: a 256-colour palette
+    assert np.abs(out - expected).max() <= tolerance, mode
+    if mode not in ("P", "PA"):
+        assert np.abs(out - expected).mean() < 1.5
+
+
+def test_16_bit_images_use_their_full_range_when_they_have_one() -> None:
+    wide = Image.fromarray(np.array([[0, 65535], [257 * 100, 257 * 200]], dtype=np.uint16))
+    assert wide.mode.startswith("I;16")
+    assert np.asarray(to_rgb(wide))[..., 0].tolist() == [[0, 255], [100, 200]]
+    narrow = Image.fromarray(np.array([[0, 255], [100, 200]], dtype=np.uint16))  # 8-bit values in 16 bits
+    assert np.asarray(to_rgb(narrow))[..., 0].tolist() == [[0, 255], [100, 200]]
+
+
+def test_16_bit_png_round_trip_keeps_content(tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8), 120, dtype=np.uint16)).save(tmp_path / "g.png")
+    assert np.asarray(load_image(tmp_path / "g.png")).max() == 120
+
+
+def test_images_over_max_image_pixels_are_refused_from_the_header(tmp_path: Path, monkeypatch) -> None:
+    from openovis.processing.image import load_image_bytes
+
+    Image.new("RGB", (200, 100)).save(tmp_path / "big.png")
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded a refused image"))
+    with pytest.raises(SkipSample, match=r"200x100 = 20,000 pixels > max_image_pixels 10,000") as err:
+        load_image(tmp_path / "big.png", max_pixels=10_000)
+    assert err.value.reason is SkipReason.IMAGE_TOO_LARGE
+    with pytest.raises(SkipSample, match="image too large"):
+        load_image_bytes((tmp_path / "big.png").read_bytes(), max_pixels=10_000)
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        ImageProcessingConfig(image_size=28, patch_size=7, hidden_stride=2, max_image_pixels=0)
