@@ -38,7 +38,13 @@ from openovis.evaluation.analysis import (
     token_entropy,
     visual_word_probabilities,
 )
-from openovis.training.checkpoint import TrainerState, latest_checkpoint, save_checkpoint
+from openovis.integrity import CheckpointError
+from openovis.training.checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    latest_verified_checkpoint,
+    save_checkpoint,
+)
 from openovis.training.lora import trainable_under_lora
 from openovis.training.param_groups import param_groups
 from openovis.training.recipe import StageSpec
@@ -198,9 +204,9 @@ def train_stage(
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     state = TrainerState(stage=stage.name)
-    ckpt = latest_checkpoint(stage_dir) if resume else None
+    ckpt = latest_verified_checkpoint(stage_dir) if resume else None
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        _load_checkpoint(accelerator, ckpt)
         state = TrainerState.load(ckpt)
         accelerator.print(f"resumed {stage.name} from {ckpt} (step {state.step})")
 
@@ -279,6 +285,45 @@ def train_stage(
     state.skips = skips.counts
     save_checkpoint(accelerator, stage_dir, state)
     return StageResult(state.losses, time.perf_counter() - start_time, seen_tokens, state.skips)
+
+
+def _load_checkpoint(accelerator: Any, ckpt: Path) -> None:
+    """``accelerator.load_state`` with one-line errors, and a warning when the RNG state is lost."""
+    from safetensors import SafetensorError
+
+    try:
+        accelerator.load_state(str(ckpt))
+    except (SafetensorError, OSError, EOFError, RuntimeError, ValueError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{ckpt}: cannot restore the training state ({detail})") from err
+    problem = rng_state_problem(ckpt, accelerator.process_index)
+    if problem:
+        logger.warning(
+            "%s: could not restore the RNG state (%s): the resumed run will not exactly reproduce an "
+            "uninterrupted one",
+            ckpt,
+            problem,
+        )
+
+
+def rng_state_problem(ckpt: Path, process_index: int) -> str | None:
+    """Why this process's RNG state in ``ckpt`` cannot be restored (None: it can).
+
+    `accelerate` only logs (at INFO) when it fails to restore it; exactness of the resumed run
+    depends on it, so the loop warns.
+    """
+    path = ckpt / f"random_states_{process_index}.pkl"
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        states = torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a damaged pickle raises anything
+        return f"{path.name} is unreadable ({type(err).__name__})"
+    wanted = ["random_state", "numpy_random_seed", "torch_manual_seed"]
+    if torch.cuda.is_available():
+        wanted.append("torch_cuda_manual_seed")
+    missing = [k for k in wanted if not isinstance(states, dict) or k not in states]
+    return f"{path.name} lacks {', '.join(missing)}" if missing else None
 
 
 def _last_pixels(micro: list[dict[str, Any]], device: torch.device) -> torch.Tensor | None:
