@@ -6,7 +6,12 @@
     pipe.generate_batch(conversations, images, max_new_tokens=8)            # batched greedy answers
 
 Batches are left-padded so every prompt ends at the last column; generation is greedy by default
-and stops at the end-of-turn token.
+and stops at the end-of-turn token. A prompt longer than the processor's ``max_length`` (default:
+the LLM's ``max_position_embeddings``) less ``max_new_tokens`` is refused before any image is
+decoded or the model is run (``SkipSample``, reason ``sequence too long``).
+
+Loading (:func:`load_model`) verifies the folder's ``manifest.json`` first (see
+:mod:`openovis.integrity`) and turns a damaged file into one :class:`CheckpointError` line.
 """
 
 from __future__ import annotations
@@ -19,10 +24,55 @@ from typing import Any
 import torch
 
 from openovis.constants import IMAGE_PLACEHOLDER
+from openovis.integrity import CheckpointError, verify_folder
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(folder: str | Path, dtype: torch.dtype | None = None, verify: bool = True) -> Any:
+    """Loads an `OvisForConditionalGeneration` saved with ``save_pretrained``, checking it first.
+
+    The one loading path of inference, evaluation, chat and resumed training.
+
+    Args:
+        folder: The model folder.
+        dtype: Parameter dtype (None: as saved).
+        verify: Check the files against the folder's manifest (sha256) before loading.
+
+    Raises:
+        FileNotFoundError: Not a model folder.
+        CheckpointError: A file is missing, truncated or corrupted (the message names it).
+    """
+    from safetensors import SafetensorError
+
+    from openovis.modeling.ovis import OvisForConditionalGeneration
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
+    if verify:
+        verify_folder(folder)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    try:
+        return OvisForConditionalGeneration.from_pretrained(folder, **kwargs)
+    except (SafetensorError, OSError, EOFError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{folder}: cannot load the model ({detail})") from err
+
+
+def resolve_user_image(image: Any, image_root: str | Path | None) -> Any:
+    """A path given by a user, resolved inside ``image_root`` when one is given (PIL images pass).
+
+    Raises:
+        SkipSample: PATH_ESCAPE for an absolute path, ``..`` or a symlink leaving the root.
+    """
+    if image_root is None or not isinstance(image, (str, Path)):
+        return image
+    from openovis.processing.image import resolve_image_path
+
+    return resolve_image_path(image_root, str(image))
 
 
 @dataclass
@@ -47,10 +97,18 @@ class OvisPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        folder: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        verify: bool = True,
     ) -> OvisPipeline:
-        """Loads a folder written by training (model + processor), onto ``device`` (default: CUDA if present)."""
-        from openovis.modeling.ovis import OvisForConditionalGeneration
+        """Loads a folder written by training (model + processor), onto ``device`` (default: CUDA if present).
+
+        Raises:
+            FileNotFoundError: Not a model folder.
+            CheckpointError: A damaged file (``verify`` checks the manifest's sha256 first).
+        """
         from openovis.processing.processor import OvisProcessor
 
         folder = Path(folder)
@@ -59,8 +117,50 @@ class OvisPipeline:
         device = torch.device(device) if device is not None else default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = OvisForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device)
+        model = load_model(folder, dtype, verify=verify).to(device)
         return cls(model, OvisProcessor.from_pretrained(folder))
+
+    def prompt_limit(self, max_new_tokens: int) -> int | None:
+        """Longest prompt in tokens: the processor's ``max_length`` (else the LLM's
+        ``max_position_embeddings``) less room for ``max_new_tokens``; None when neither is known."""
+        from openovis.processing.processor import model_max_length
+
+        limit = self.processor.max_length or model_max_length(self.model.config)
+        if limit is None:
+            return None
+        if max_new_tokens >= limit:
+            raise ValueError(
+                f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in max_length {limit}"
+            )
+        return limit - max_new_tokens
+
+    def prepare(self, conversation: Any, images: Sequence[Any] | None, max_new_tokens: int) -> dict[str, Any]:
+        """Processes one generation prompt (validated, length-checked, images decoded).
+
+        Raises:
+            SkipSample: The prompt is unusable (reason and detail say why), before the model runs.
+        """
+        return self.processor(
+            conversation, images, mode="generate", max_length=self.prompt_limit(max_new_tokens)
+        )
+
+    def generate_prepared(
+        self,
+        samples: Sequence[dict[str, Any]],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Answers prompts already processed by :meth:`prepare` (left-padded into one batch)."""
+        from openovis.data.collator import OvisCollator, model_inputs
+
+        inputs = model_inputs(OvisCollator(self.processor.pad_token_id, "left")(list(samples)))
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        if inputs.get("pixel_values") is not None:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        out = self.model.generate(**inputs, **self._generate_kwargs(max_new_tokens, do_sample, **kwargs))
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     @property
     def device(self) -> torch.device:
@@ -85,14 +185,18 @@ class OvisPipeline:
         do_sample: bool = False,
         **kwargs: Any,
     ) -> list[str]:
-        """Answers a batch of prompts (each a string or a conversation ending with a user turn)."""
-        inputs = self.processor.batch(list(conversations), images, mode="generate")
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        if inputs.get("pixel_values") is not None:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        out = self.model.generate(**inputs, **self._generate_kwargs(max_new_tokens, do_sample, **kwargs))
-        new = out[:, inputs["input_ids"].shape[1] :]
-        return [t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        """Answers a batch of prompts (each a string or a conversation ending with a user turn).
+
+        Raises:
+            SkipSample: A prompt is unusable (every prompt is processed before the model runs).
+        """
+        per_sample = images if images is not None else [None] * len(conversations)
+        if len(per_sample) != len(conversations):
+            raise ValueError(f"images: {len(per_sample)} image lists for {len(conversations)} prompts")
+        samples = [
+            self.prepare(c, imgs, max_new_tokens) for c, imgs in zip(conversations, per_sample, strict=True)
+        ]
+        return self.generate_prepared(samples, max_new_tokens, do_sample, **kwargs)
 
     def new_conversation(self) -> Conversation:
         return Conversation()
@@ -118,9 +222,12 @@ class OvisPipeline:
         missing = len(images) - question.count(IMAGE_PLACEHOLDER)
         if missing > 0:
             question = f"{IMAGE_PLACEHOLDER}\n" * missing + question
-        history.messages.append({"role": "user", "content": question})
+        messages = [*history.messages, {"role": "user", "content": question}]
+        all_images = [*history.images, *images]
+        # Processed before the history changes: a bad image or prompt leaves the conversation as it was.
+        sample = self.prepare(messages, all_images or None, max_new_tokens)
+        history.messages.append(messages[-1])
         history.images.extend(images)
-        sample = self.processor(history.messages, history.images or None, mode="generate")
         inputs = {
             "input_ids": sample["input_ids"][None].to(self.device),
             "attention_mask": sample["attention_mask"][None].to(self.device),

@@ -56,15 +56,17 @@ from openovis.processing.image import (
     SIGLIP_STD,
     Grid,
     ImageProcessingConfig,
+    check_image_pixels,
     image_crops,
     image_grid,
     load_image,
+    load_image_bytes,
     to_rgb,
 )
 from openovis.processing.layout import check_indicators, image_layout_tokens
 
 ChatFormat = Literal["auto", "chatml", "template"]
-ImageInput = Image.Image | str | os.PathLike
+ImageInput = Image.Image | str | os.PathLike | bytes
 TextInput = str | Sequence[Mapping[str, Any] | Message] | None
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
@@ -141,7 +143,8 @@ class OvisProcessor:
         atom_token: One text position per visual token.
         chat_format: ``"template"`` uses the tokenizer's chat template, ``"chatml"`` the ChatML of
             ``openovis.constants``, ``"auto"`` the template when the tokenizer has one.
-        max_length: Default truncation length (None: no limit).
+        max_length: Default truncation length, and the longest generation prompt (None: no limit).
+            :meth:`from_model_config` defaults it to the LLM's ``max_position_embeddings``.
         caption_template: Prompt of caption mode; contains one ``image_placeholder``.
     """
 
@@ -255,13 +258,57 @@ class OvisProcessor:
             return self._encoder.encode_chat([Message("user", check_text(text, "prompt"))], mode)
         return self._encoder.encode_chat(normalize_messages(text), mode)
 
-    @staticmethod
-    def _as_rgb(image: ImageInput) -> Image.Image:
+    def _as_rgb(self, image: ImageInput) -> Image.Image:
+        max_pixels = self.image_config.max_image_pixels
         if isinstance(image, Image.Image):
+            check_image_pixels(image.width, image.height, max_pixels, "image")
             return to_rgb(image)
         if isinstance(image, (str, os.PathLike)):
-            return load_image(image)
-        raise TypeError(f"images: expected PIL images or paths, got {type(image).__name__}")
+            return load_image(image, max_pixels)
+        if isinstance(image, (bytes, bytearray)):
+            return load_image_bytes(bytes(image), max_pixels=max_pixels)
+        raise TypeError(f"images: expected PIL images, paths or encoded bytes, got {type(image).__name__}")
+
+    def _longest_token_chars(self) -> int:
+        """Characters of the longest vocabulary entry (cached): no token covers more text than this."""
+        if not hasattr(self, "_longest_token"):
+            self._longest_token = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        return self._longest_token
+
+    def check_prompt_length(self, text: TextInput, limit: int | None) -> None:
+        """Refuses, before tokenizing, text that cannot fit in ``limit`` tokens whatever it says.
+
+        Every token covers at most the longest vocabulary entry's characters, so text longer than
+        ``limit`` times that (doubled for normalizers) surely has more than ``limit`` tokens.
+
+        Raises:
+            SkipSample: TOO_LONG, naming the limit.
+        """
+        if limit is None or text is None:
+            return
+        if isinstance(text, str):
+            chars = len(text)
+        else:
+            chars = sum(len(_raw_content(m)) for m in text)
+        if chars > 2 * limit * self._longest_token_chars():
+            raise SkipSample(
+                SkipReason.TOO_LONG,
+                f"prompt of {chars:,} characters cannot fit in max_length {limit:,} tokens",
+            )
+
+    def _check_prompt_tokens(self, seq: TokenSequence, n_images: int, limit: int | None) -> None:
+        """Refuses a generation prompt over ``limit`` tokens before any image is decoded.
+
+        Counts each image at its smallest layout (one crop), so a prompt refused here can never fit.
+        """
+        if limit is None:
+            return
+        smallest = n_images * (len(self.layout_ids((1, 1))) - 1)  # the placeholder is replaced
+        if len(seq.ids) + smallest > limit:
+            raise SkipSample(
+                SkipReason.TOO_LONG,
+                f"prompt of {len(seq.ids) + smallest:,} tokens (at least) > max_length {limit:,}",
+            )
 
     def __call__(
         self,
@@ -292,15 +339,19 @@ class OvisProcessor:
         if mode not in _MODES:
             raise ValueError(f"mode: must be one of {_MODES}, got {mode!r}")
         labelled = mode == "train" or (mode == "caption" and conversation_or_text is not None)
+        limit = self.max_length if max_length is None else max_length
+        if mode == "generate":
+            self.check_prompt_length(conversation_or_text, limit)
         seq = self._encode_text(conversation_or_text, mode)
         if images is None:
             images = []
-        elif isinstance(images, (Image.Image, str, os.PathLike)):
+        elif isinstance(images, (Image.Image, str, os.PathLike, bytes, bytearray)):
             images = [images]
+        if mode == "generate":
+            self._check_prompt_tokens(seq, len(images), limit)
         rgb = [self._as_rgb(img) for img in images]
         grids = [image_grid(img, self.image_config) for img in rgb]
         seq = expand_images(seq, self.placeholder_id, [self.layout_ids(g) for g in grids])
-        limit = self.max_length if max_length is None else max_length
         seq = truncate(seq, len(seq.ids) if limit is None else limit, supervised=labelled)
         kept = len(seq.image_spans)
         crops = [
@@ -428,7 +479,11 @@ class OvisProcessor:
         if len(indicators) == 2:
             image_kwargs["max_partition"] = 1
         image_over, proc_over = _split_overrides(overrides)
-        proc_kwargs = {"atom_token": _get(config, "image_atom_token", IMAGE_ATOM), **proc_over}
+        proc_kwargs = {
+            "atom_token": _get(config, "image_atom_token", IMAGE_ATOM),
+            "max_length": model_max_length(config),
+            **proc_over,
+        }
         processor = cls(
             tokenizer,
             ImageProcessingConfig(**{**image_kwargs, **image_over}),
@@ -451,6 +506,29 @@ class OvisProcessor:
 
 
 _MISSING = object()
+
+
+def model_max_length(config: Any) -> int | None:
+    """The LLM's ``max_position_embeddings`` (``config.text_config``), or None when it has none."""
+    text = _get(config, "text_config", None)
+    value = None if text is None else _get(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _raw_content(message: Any) -> str:
+    """The text of one message (dict, Message or parts), for a length estimate; non-text is empty."""
+    content = (
+        message.get("content", message.get("value"))
+        if isinstance(message, Mapping)
+        else getattr(message, "content", "")
+    )
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+        )
+    return ""
 
 
 def _get(obj: Any, name: str, default: Any = _MISSING) -> Any:
