@@ -1,14 +1,44 @@
 """The `openovis` command line: a thin layer over the library, generated from typed signatures (typer).
 
 Each command calls one library function; `openovis COMMAND --help` documents every option.
+
+Errors of known kinds (bad input, a missing file, a damaged checkpoint) print one line,
+``error: ...``, and exit with status 1; ``--debug`` (or ``OPENOVIS_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
+
+DEBUG_ENV = "OPENOVIS_DEBUG"
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from openovis.integrity import CheckpointError
+
+    # SkipSample is a ValueError; ImportError covers a missing optional dependency.
+    return (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError, ImportError)
+
+
+class _OneLineErrors(TyperGroup):
+    """Turns known library errors into one ``error:`` line and exit status 1 (unless debugging)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _known_errors() as err:
+            if ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            message = " ".join(str(err).split()) or type(err).__name__
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1) from None
+
 
 app = typer.Typer(
     name="openovis",
@@ -16,11 +46,16 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: Annotated[
+        bool, typer.Option(help=f"Show full tracebacks instead of one-line errors (or set {DEBUG_ENV}=1).")
+    ] = False,
+) -> None:
     """Ovis (structural embedding alignment) multimodal LLMs: build, train, evaluate, chat, convert."""
 
 
@@ -209,12 +244,32 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 16,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    require_images: Annotated[
+        bool,
+        typer.Option(help="Skip text-only rows (reason 'no image') instead of asking them without an image."),
+    ] = False,
 ) -> None:
-    """Evaluate a model: accuracy overall and per question type, with chance levels, and every prediction."""
+    """Evaluate a model: accuracy overall and per question type, with chance levels, and every prediction.
+
+    Bad rows are skipped and counted by reason (listed in the results JSON); every other row is scored.
+    """
     from openovis.evaluation.runner import format_table, run_eval
 
-    result = run_eval(model, data, out, image_root, batch_size, max_new_tokens, limit, device=device)
+    result = run_eval(
+        model,
+        data,
+        out,
+        image_root,
+        batch_size,
+        max_new_tokens,
+        limit,
+        device=device,
+        require_images=require_images,
+    )
     typer.echo(format_table(result["metrics"]))
+    typer.echo(
+        result["skip_summary"] + (" (see skipped_rows in the results JSON)" if result["skipped"] else "")
+    )
     typer.echo(f"predictions: {result['path']}")
 
 
@@ -227,14 +282,21 @@ def chat(
     image: Annotated[list[Path] | None, typer.Option(help="Image file (repeat for several).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Resolve image paths inside this folder; paths leaving it (.., absolute, symlinks) are refused."
+        ),
+    ] = None,
 ) -> None:
     """Ask a model about images: one question, or an interactive multi-turn chat with streamed answers."""
     from transformers import TextStreamer
 
-    from openovis.inference import OvisPipeline
+    from openovis.data.skips import SkipSample
+    from openovis.inference import OvisPipeline, resolve_user_image
 
+    images = [resolve_user_image(str(p), image_root) for p in image or []]
     pipe = OvisPipeline.from_pretrained(model, device=device)
-    images = [str(p) for p in image or []]
     if question is not None:
         typer.echo(pipe.chat(question, images, max_new_tokens=max_new_tokens))
         return
@@ -251,11 +313,16 @@ def chat(
             break
         if not line:
             break
-        if line.startswith("/image "):
-            pending.append(line.split(" ", 1)[1].strip())
-            continue
-        typer.echo("ovis> ", nl=False)
-        pipe.chat(line, pending, history=history, max_new_tokens=max_new_tokens, streamer=streamer)
+        try:  # a bad image or prompt: say so and keep chatting (the history is left unchanged)
+            if line.startswith("/image "):
+                pending.append(resolve_user_image(line.split(" ", 1)[1].strip(), image_root))
+                continue
+            typer.echo("ovis> ", nl=False)
+            pipe.chat(line, pending, history=history, max_new_tokens=max_new_tokens, streamer=streamer)
+        except SkipSample as err:
+            typer.echo(f"error: {err}", err=True)
+            if line.startswith("/image "):
+                continue
         pending = []
 
 
