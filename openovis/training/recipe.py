@@ -4,7 +4,7 @@ A recipe names the model, the run folder and one or more stages; each stage has 
 length, batch, schedule and a per-module learning-rate map where 0 (or absence) freezes a module::
 
     # openovis train recipes/tiny-shapes.yaml
-    model: {preset: tiny, overrides: {visual_vocab_size: 256}}
+    model: {preset: tiny, tokenizer: shapes, overrides: {visual_vocab_size: 256}}
     stages:
       - name: stage1-captions
         data: [{path: captions_train.jsonl, format: caption}]
@@ -68,7 +68,8 @@ class ModelSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     """OvisConfig field overrides for the preset (``vision``/``text`` dicts for sub-configs)."""
     tokenizer: str | None = None
-    """Tokenizer folder or hub id; ``shapes`` trains one on the Shapes World corpus."""
+    """Tokenizer folder or hub id; ``shapes`` trains one on the Shapes World corpus. Required with a
+    preset unless ``llm_path`` is given (then its tokenizer is the default)."""
     vision_path: str | None = None
     """Pretrained vision backbone (hub id or folder)."""
     llm_path: str | None = None
@@ -151,6 +152,9 @@ class Recipe:
     """Generate Shapes World into ``data_root`` first when missing (ShapesConfig fields)."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Loggers: tensorboard, wandb (each used when installed)."""
+    processing: dict[str, Any] = field(default_factory=dict)
+    """Processor settings saved with the model, e.g. ``{max_image_pixels: 40000000, max_length: 4096}``
+    (ImageProcessingConfig fields or OvisProcessor arguments)."""
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -162,6 +166,22 @@ class Recipe:
             raise ValueError("model: give exactly one of preset or checkpoint")
         for i, stage in enumerate(self.stages):
             _check_stage(stage, f"stages.{i}")
+        if self.model.preset is not None and self.model.tokenizer is None and self.model.llm_path is None:
+            raise ValueError(
+                "model.tokenizer: a preset model needs a tokenizer: a folder or hub id, or 'shapes' to train "
+                "one on the Shapes World corpus (or give model.llm_path to use the LLM's own)"
+            )
+        _check_processing(self.processing)
+
+
+def _check_processing(processing: dict[str, Any]) -> None:
+    from openovis.processing.image import ImageProcessingConfig
+    from openovis.processing.processor import _PROCESSOR_KEYS
+
+    known = {*ImageProcessingConfig.__dataclass_fields__, *_PROCESSOR_KEYS}
+    for key in processing:
+        if key not in known:
+            raise ValueError(f"processing.{key}: unknown setting; known: {', '.join(sorted(known))}")
 
 
 def _check_stage(stage: StageSpec, where: str) -> None:

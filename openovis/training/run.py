@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from openovis.inference import load_model
+from openovis.integrity import write_manifest
 from openovis.training.checkpoint import mark_stage_done, stage_done
 from openovis.training.loop import StageResult, train_stage
 from openovis.training.recipe import Recipe, StageSpec
@@ -91,6 +93,8 @@ def prepare_tokenizer(recipe: Recipe, data_root: Path, accelerator: Any) -> Any:
         return AutoTokenizer.from_pretrained(folder)
     if spec is None and recipe.model.checkpoint:
         return AutoTokenizer.from_pretrained(recipe.model.checkpoint)
+    if spec is None and recipe.model.llm_path:  # the pretrained LLM's own tokenizer
+        return AutoTokenizer.from_pretrained(recipe.model.llm_path)
     if spec is None:
         return None
     return AutoTokenizer.from_pretrained(spec)
@@ -98,11 +102,10 @@ def prepare_tokenizer(recipe: Recipe, data_root: Path, accelerator: Any) -> Any:
 
 def build_initial_model(recipe: Recipe, tokenizer: Any) -> torch.nn.Module:
     from openovis.builders import build_model
-    from openovis.modeling.ovis import OvisForConditionalGeneration
 
     spec = recipe.model
     if spec.checkpoint:
-        return OvisForConditionalGeneration.from_pretrained(spec.checkpoint)
+        return load_model(spec.checkpoint)
     overrides = dict(spec.overrides)
     return build_model(
         spec.preset, tokenizer=tokenizer, vision_path=spec.vision_path, llm_path=spec.llm_path, **overrides
@@ -114,10 +117,11 @@ def build_processor(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> A
     from openovis.processing.processor import OvisProcessor
 
     if recipe.model.checkpoint and (Path(recipe.model.checkpoint) / "processor_config.json").exists():
-        return OvisProcessor.from_pretrained(recipe.model.checkpoint)
+        return OvisProcessor.from_pretrained(recipe.model.checkpoint, **recipe.processing)
     preset = get_preset(recipe.model.preset or "tiny")
     stats = {"image_mean": preset.image_mean, "image_std": preset.image_std}
-    return OvisProcessor.from_model_config(model.config, tokenizer, image_stats=stats, max_partition=preset.max_partition)
+    overrides = {"max_partition": preset.max_partition, **recipe.processing}
+    return OvisProcessor.from_model_config(model.config, tokenizer, image_stats=stats, **overrides)
 
 
 def stage_dataset(stage: StageSpec, processor: Any, data_root: Path, seed: int) -> Any:
@@ -151,7 +155,6 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     from accelerate.utils import set_seed
 
     from openovis.data.collator import OvisCollator
-    from openovis.modeling.ovis import OvisForConditionalGeneration
     from openovis.training.param_groups import reinit_last_block
 
     if resume not in (None, "auto"):
@@ -171,7 +174,7 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     for i, stage in enumerate(recipe.stages):
         stage_dir = out / stage.name
         if resume and stage_done(stage_dir):
-            model = OvisForConditionalGeneration.from_pretrained(stage_dir / "final")
+            model = load_model(stage_dir / "final")
             summary["stages"].append(json.loads((stage_dir / "stage_done.json").read_text()))
             continue
         set_seed(recipe.seed + i)
@@ -250,6 +253,7 @@ def _finish_stage(
         final = stage_dir / "final"
         model.save_pretrained(final)
         processor.save_pretrained(final)
+        write_manifest(final)
         (stage_dir / "losses.json").write_text(json.dumps(losses))
         plot_losses(losses, stage_dir / "loss.png", title=stage.name)
         mark_stage_done(stage_dir, info)
