@@ -67,3 +67,17 @@ def test_apply_overrides_parses_yaml_values():
     assert data == {"stages": [{"a": 2.5e-3}], "x": {"y": [1, 2]}}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         apply_overrides({}, ["novalue"])
+
+
+def test_a_preset_without_a_tokenizer_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="model.tokenizer: a preset model needs a tokenizer"):
+        parse(Recipe, {**_minimal(), "model": {"preset": "tiny"}}, "")
+    assert parse(Recipe, {**_minimal(), "model": {"preset": "tiny", "tokenizer": "shapes"}}, "").model.tokenizer == "shapes"
+    assert parse(Recipe, {**_minimal(), "model": {"preset": "tiny", "llm_path": "some/llm"}}, "").model.tokenizer is None
+
+
+def test_recipe_processing_settings_are_checked():
+    recipe = parse(Recipe, {**_minimal(), "model": {"tokenizer": "shapes"}, "processing": {"max_image_pixels": 1000}}, "")
+    assert recipe.processing == {"max_image_pixels": 1000}
+    with pytest.raises(ValueError, match="processing.bogus: unknown setting"):
+        parse(Recipe, {**_minimal(), "model": {"tokenizer": "shapes"}, "processing": {"bogus": 1}}, "")
