@@ -103,7 +103,7 @@ class OvisPipeline:
         dtype: torch.dtype | None = None,
         verify: bool = True,
     ) -> OvisPipeline:
-        """Loads a folder written by training (model + processor), onto ``device`` (default: CUDA if present).
+        """Loads a folder written by training (model + processor), onto ``device`` (None/auto: CUDA if present).
 
         Raises:
             FileNotFoundError: Not a model folder.
@@ -114,7 +114,7 @@ class OvisPipeline:
         folder = Path(folder)
         if not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
-        device = torch.device(device) if device is not None else default_device()
+        device = default_device() if device in (None, "auto") else torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = load_model(folder, dtype, verify=verify).to(device)
@@ -152,7 +152,7 @@ class OvisPipeline:
         **kwargs: Any,
     ) -> list[str]:
         """Answers prompts already processed by :meth:`prepare` (left-padded into one batch)."""
-        from openovis.data.collator import OvisCollator, model_inputs
+        from openovis.processing.collator import OvisCollator, model_inputs
 
         inputs = model_inputs(OvisCollator(self.processor.pad_token_id, "left")(list(samples)))
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}

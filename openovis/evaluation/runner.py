@@ -10,7 +10,7 @@ Inputs:
   an ``image`` cell may hold a JSON list of base64 images, or the ``index`` of an earlier row whose
   image it reuses.
 
-Bad rows never stop an evaluation: each is skipped with a :class:`~openovis.data.skips.SkipReason`
+Bad rows never stop an evaluation: each is skipped with a :class:`~openovis.skips.SkipReason`
 (a malformed record, a bad role, no reference answer, a placeholder mismatch, a path leaving the
 image root, a missing, empty, corrupt or too large image, a prompt too long for the model, ...),
 counted in the result's ``skipped`` (reason -> count) and listed in ``skipped_rows``; every other
@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 
 from openovis.constants import IMAGE_PLACEHOLDER
 from openovis.data.datasets import read_records
-from openovis.data.skips import SkipCounter, SkipReason, SkipSample
 from openovis.evaluation.scoring import LETTERS, is_correct, score
 from openovis.processing.conversation import check_text, check_turn_order, normalize_messages
 from openovis.processing.image import resolve_image_path
+from openovis.skips import SkipCounter, SkipReason, SkipSample
 
 logger = logging.getLogger(__name__)
 

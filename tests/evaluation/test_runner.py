@@ -14,12 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from openovis import build_model
-from openovis.data.skips import SkipReason, SkipSample
 from openovis.data.text_tokenizer import train_text_tokenizer
 from openovis.evaluation.runner import evaluate, load_records, run_eval
 from openovis.inference import OvisPipeline
 from openovis.integrity import write_manifest
 from openovis.processing.processor import OvisProcessor
+from openovis.skips import SkipReason, SkipSample
 
 CORPUS = ["what colour is the shape", "red blue green circle square", "how many shapes are there"] * 20
 MAX_PIXELS = 5000  # small, so a 100 x 100 image is "too large" without allocating a big one
