@@ -227,13 +227,16 @@ def chat(
     image: Annotated[list[Path] | None, typer.Option(help="Image file (repeat for several).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    compile: Annotated[
+        bool, typer.Option(help="Static KV cache and a torch.compile-d decode step (greedy; compiles first).")
+    ] = False,
 ) -> None:
     """Ask a model about images: one question, or an interactive multi-turn chat with streamed answers."""
     from transformers import TextStreamer
 
     from openovis.inference import OvisPipeline
 
-    pipe = OvisPipeline.from_pretrained(model, device=device)
+    pipe = OvisPipeline.from_pretrained(model, device=device, compile=compile)
     images = [str(p) for p in image or []]
     if question is not None:
         typer.echo(pipe.chat(question, images, max_new_tokens=max_new_tokens))
