@@ -25,7 +25,7 @@ def test_page_sends_an_image_and_streams_the_answer(server, tmp_path) -> None:
     ImageDraw.Draw(picture).ellipse((8, 8, 40, 40), fill="red")
     picture.save(image)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--no-proxy-server"])
         try:
             page = browser.new_page(viewport={"width": 900, "height": 620})
             deltas: list[str] = []

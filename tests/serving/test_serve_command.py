@@ -18,7 +18,16 @@ def test_serve_command_builds_the_app_and_binds_loopback(model_folder, image_roo
     cli = typer.Typer()
     cli.command("serve")(serve)
     cli.command("other")(lambda: None)  # a group, as in openovis.cli, so "serve" is a subcommand
-    args = ["serve", str(model_folder), "--port", "8123", "--image-root", str(image_root), "--max-images", "3"]
+    args = [
+        "serve",
+        str(model_folder),
+        "--port",
+        "8123",
+        "--image-root",
+        str(image_root),
+        "--max-images",
+        "3",
+    ]
     result = CliRunner().invoke(cli, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 openai = pytest.importorskip("openai")
+http = httpx.Client(trust_env=False, timeout=120)  # loopback only: never through a configured proxy
 
 
 def data_url(size=(40, 30), colour=(0, 0, 255), fmt="PNG") -> str:
@@ -31,14 +32,14 @@ def ask(text: str = "What color?", image: str | None = None) -> list[dict[str, A
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, http_client=http)
 
 
 def test_health_models_and_page(server) -> None:
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    models = httpx.get(server.url + "/v1/models").json()
+    assert http.get(server.url + "/health").json()["status"] == "ok"
+    models = http.get(server.url + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["tiny"]
-    page = httpx.get(server.url + "/")
+    page = http.get(server.url + "/")
     assert (
         page.status_code == 200
         and "text/html" in page.headers["content-type"]
@@ -172,7 +173,7 @@ def test_bad_requests_are_refused_clearly(
     server, name: str, body: Any, status: int, param: str | None
 ) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = httpx.post(
+    response = http.post(
         server.url + "/v1/chat/completions", content=content, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == status, response.text
@@ -185,10 +186,10 @@ def test_bad_requests_are_refused_clearly(
 def test_server_still_answers_after_bad_requests(server) -> None:
     for _, body, _, _ in BAD_REQUESTS[:5]:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        httpx.post(server.url + "/v1/chat/completions", content=content)
-    response = httpx.post(server.url + "/v1/chat/completions", json=good(), timeout=60)
+        http.post(server.url + "/v1/chat/completions", content=content)
+    response = http.post(server.url + "/v1/chat/completions", json=good(), timeout=60)
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["role"] == "assistant"
-    assert httpx.get(server.url + "/nowhere").json()["error"]["message"]
+    assert http.get(server.url + "/nowhere").json()["error"]["message"]
 
 
 def test_parallel_requests_are_queued_not_interleaved(server) -> None:
@@ -196,7 +197,7 @@ def test_parallel_requests_are_queued_not_interleaved(server) -> None:
 
     def one(messages):
         body = {"model": "tiny", "messages": messages, "max_tokens": 8}
-        return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120).json()
+        return http.post(server.url + "/v1/chat/completions", json=body, timeout=120).json()
 
     alone = [one(m)["choices"][0]["message"]["content"] for m in prompts]
     start = time.monotonic()
