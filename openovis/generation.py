@@ -112,12 +112,15 @@ class TokenStreamer:
         return next(self.model.parameters()).device
 
     def _embed_token(self, token: torch.Tensor) -> torch.Tensor:
-        """``[1, 1]`` ids -> ``[1, 1, D]``: as ``embed_inputs`` with no image (indicators take VET rows)."""
+        """``[1, 1]`` ids -> ``[1, 1, D]``: as ``embed_inputs`` with no image (indicators take their rows).
+
+        ``embed_inputs`` itself counts atom tokens with a host sync, which would break the compiled graph.
+        """
         embeds = self.model.get_input_embeddings()(token)  # [1, 1, D]
-        cfg, vte = self.model.config, self.model.vte
-        if vte is not None and cfg.indicator_token_ids is not None:
-            rows = vte.weight[cfg.visual_vocab_size - cfg.num_indicators :].to(embeds.dtype)  # [n, D]
-            for i, token_id in enumerate(cfg.indicator_token_ids):
+        rows, ids = _indicator_rows(self.model), self.model.config.indicator_token_ids
+        if rows is not None and ids is not None:
+            rows = rows.to(embeds.dtype)  # [n, D]
+            for i, token_id in enumerate(ids):
                 embeds = torch.where((token == token_id).unsqueeze(-1), rows[i], embeds)
         return embeds
 
@@ -185,3 +188,14 @@ class TokenStreamer:
     ) -> list[int]:
         """All of :meth:`stream` as a list."""
         return list(self.stream(input_ids, pixel_values, params))
+
+
+def _indicator_rows(model: Any) -> torch.Tensor | None:
+    """The embeddings indicator tokens take (``[n, D]``), or None when they keep their text embeddings."""
+    connector = getattr(model, "connector", None)
+    if connector is not None and hasattr(connector, "indicator_embeddings"):
+        return connector.indicator_embeddings()
+    vte, cfg = getattr(model, "vte", None), model.config
+    if vte is None:
+        return None
+    return vte.weight[cfg.visual_vocab_size - cfg.num_indicators :]  # VET rows K-n .. K-1
