@@ -141,3 +141,19 @@ def test_transformers_pipeline(folder: Path) -> None:
     assert isinstance(out[0]["generated_text"], str)
     out = pipe(images=red(), text="<image>What color?", max_new_tokens=3)
     assert isinstance(out[0]["generated_text"], str)
+
+
+def test_a_tokenizer_template_is_wrapped_to_take_parts(template_tokenizer, image_config) -> None:
+    processor = OvisProcessor(template_tokenizer, image_config)
+    assert processor.chat_format == "template"
+    messages = mm_messages(red())
+    rendered = render_jinja_template(
+        conversations=[messages], chat_template=processor.chat_template, add_generation_prompt=True
+    )[0][0]
+    assert rendered == processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert rendered == "[user]: <image>What color?<|endoftext|>\n[assistant]: "
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    ref = processor([{"role": "user", "content": "<image>What color?"}], [red()], mode="generate")
+    assert torch.equal(inputs["input_ids"][0], ref["input_ids"])

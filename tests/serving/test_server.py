@@ -206,3 +206,30 @@ def test_parallel_requests_are_queued_not_interleaved(server) -> None:
     assert time.monotonic() - start < 120
     assert together == alone  # each answer is what that prompt gets alone: no shared or mixed KV cache
     assert server.engine.stats["max_running"] == 1
+
+
+def test_visual_embeddings_are_computed_once_per_request(server, monkeypatch) -> None:
+    model = server.engine.model
+    calls = []
+    original = model.visual_embeddings
+
+    def counted(pixel_values):
+        calls.append(pixel_values.shape[0])
+        return original(pixel_values)
+
+    monkeypatch.setattr(model, "visual_embeddings", counted)
+    two_images = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url()}},
+                {"type": "image_url", "image_url": {"url": data_url(size=(90, 30))}},
+                {"type": "text", "text": "Compare them."},
+            ],
+        }
+    ]
+    body = {"model": "tiny", "messages": two_images, "max_tokens": 6, "stream": True}
+    with http.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert "data: [DONE]" in "".join(response.iter_text())
+    assert len(calls) == 1  # one prefill over all crops of both images; decode steps reuse the cache
