@@ -450,31 +450,23 @@ class OvisProcessor(ProcessorMixin):
                 raise ValueError(f"{key}: not supported by the Ovis processor")
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
-        if conversation and not isinstance(conversation[0], Mapping):  # a batch of conversations
-            if images is not None:
-                raise ValueError("images: give images inside the messages when batching conversations")
-            rendered = [
-                self.apply_chat_template(c, None, add_generation_prompt, tokenize, return_dict, None)
-                for c in conversation
-            ]
-            if not tokenize:
-                return rendered
-            raise ValueError("tokenize: batches of conversations are encoded one by one (or use .batch())")
-        messages, found = split_multimodal(conversation)
-        all_images = [*found, *(images or [])]
-        normalized = normalize_messages(messages)
+        batched = bool(conversation) and not isinstance(conversation[0], Mapping)
+        if batched and images is not None:
+            raise ValueError("images: give the images inside the messages when passing several conversations")
+        split = [split_multimodal(c) for c in (conversation if batched else [conversation])]
+        chats = [normalize_messages(messages) for messages, _ in split]
+        per_sample = [[*found, *(images or [])] or None for _, found in split]
         if not tokenize:
-            return self._encoder.render(normalized, add_generation_prompt)
-        if add_generation_prompt:
-            sample = self(normalized, all_images or None, mode="generate")
-            data = {"input_ids": sample["input_ids"][None], "attention_mask": sample["attention_mask"][None]}
-            if sample["pixel_values"] is not None:
-                data["pixel_values"] = sample["pixel_values"]
+            rendered = [self._encoder.render(chat, add_generation_prompt) for chat in chats]
+            return rendered if batched else rendered[0]
+        if add_generation_prompt:  # exactly the ids of mode "generate" (left-padded when batched)
+            batch = self.batch(chats, per_sample, mode="generate")
+            data = {k: v for k, v in batch.items() if v is not None}
             out = BatchFeature(data, tensor_type=return_tensors)
         else:
-            prompt = self._encoder.render(normalized, False)
+            prompts = [self._encoder.render(chat, False) for chat in chats]
             out = self.encode_prompts(
-                prompt, all_images or None, return_tensors=return_tensors, **(processor_kwargs or {})
+                prompts, per_sample, return_tensors=return_tensors, **(processor_kwargs or {})
             )
         return out if return_dict else out["input_ids"]
 

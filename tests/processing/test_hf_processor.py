@@ -157,3 +157,13 @@ def test_a_tokenizer_template_is_wrapped_to_take_parts(template_tokenizer, image
     )
     ref = processor([{"role": "user", "content": "<image>What color?"}], [red()], mode="generate")
     assert torch.equal(inputs["input_ids"][0], ref["input_ids"])
+
+
+def test_several_conversations_encode_as_a_left_padded_batch(folder: Path) -> None:
+    processor = AutoProcessor.from_pretrained(folder)
+    chats = [mm_messages(red()), [{"role": "user", "content": "A longer question without an image?"}]]
+    texts = processor.apply_chat_template(chats, add_generation_prompt=True)
+    assert len(texts) == 2 and texts[1].endswith("<|im_start|>assistant\n")
+    out = processor.apply_chat_template(chats, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ref = processor.batch([[{"role": "user", "content": "<image>What color?"}], chats[1]], [[red()], None])
+    assert torch.equal(out["input_ids"], ref["input_ids"]) and out["pixel_values"].shape[0] == 1
