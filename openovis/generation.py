@@ -2,7 +2,7 @@
 
     prefill: input_ids [1, L] (+ pixel_values [C, 3, S, S]) -> embed_inputs (visual embeddings, once)
              -> LLM over [1, L, D] into the KV cache -> logits of the last position [1, V]
-    decode:  token [1, 1] -> text embedding (indicator ids take their VET rows) -> LLM, one position
+    decode:  token [1, 1] -> text embedding (indicator ids take the connector's rows) -> LLM, one position
 
 The cache is transformers' ``DynamicCache`` (default) or a ``StaticCache`` of fixed length, allocated
 once per :class:`TokenStreamer` and reset between sequences; with a static cache the decode step can be
@@ -13,6 +13,7 @@ indicators) are never sampled: a model that emitted one would have no image to p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -97,6 +98,9 @@ class TokenStreamer:
         self._static = (
             StaticCache(config=self.llm.config, max_cache_len=max_cache_len) if cache == "static" else None
         )
+        # The LLM's KV-cache argument: ``cache`` from transformers 5.2x, ``past_key_values`` before.
+        params = inspect.signature(self.llm.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._step: Callable[..., torch.Tensor] = self._decode_step
         if compile:
             self._step = torch.compile(self._decode_step, dynamic=False, backend=compile_backend)
@@ -117,7 +121,8 @@ class TokenStreamer:
         ``embed_inputs`` itself counts atom tokens with a host sync, which would break the compiled graph.
         """
         embeds = self.model.get_input_embeddings()(token)  # [1, 1, D]
-        rows, ids = _indicator_rows(self.model), self.model.config.indicator_token_ids
+        rows = self.model.connector.indicator_embeddings()  # [n, D], or None: indicators keep text embeddings
+        ids = self.model.config.indicator_token_ids
         if rows is not None and ids is not None:
             rows = rows.to(embeds.dtype)  # [n, D]
             for i, token_id in enumerate(ids):
@@ -127,7 +132,10 @@ class TokenStreamer:
     def _decode_step(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
         """One decode position: ``token [1, 1]`` at ``position [1, 1]`` -> next-token logits ``[V]``."""
         out = self.llm(
-            inputs_embeds=self._embed_token(token), position_ids=position, cache=cache, use_cache=True
+            inputs_embeds=self._embed_token(token),
+            position_ids=position,
+            use_cache=True,
+            **{self._cache_arg: cache},
         )
         return out.logits[0, -1]
 
@@ -170,9 +178,10 @@ class TokenStreamer:
             pixel_values = pixel_values.to(self.device, self.model.dtype)
         embeds = self.model.embed_inputs(ids, pixel_values)  # [1, L, D]: visual embeddings, once
         positions = torch.arange(length, device=self.device)[None]  # [1, L]
-        logits = self.llm(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True).logits[
-            0, -1
-        ]
+        out = self.llm(
+            inputs_embeds=embeds, position_ids=positions, use_cache=True, **{self._cache_arg: cache}
+        )
+        logits = out.logits[0, -1]
         for step in range(params.max_new_tokens):
             token = pick_token(self._mask(logits), params, generator)
             if token in self.stop_ids:
@@ -188,14 +197,3 @@ class TokenStreamer:
     ) -> list[int]:
         """All of :meth:`stream` as a list."""
         return list(self.stream(input_ids, pixel_values, params))
-
-
-def _indicator_rows(model: Any) -> torch.Tensor | None:
-    """The embeddings indicator tokens take (``[n, D]``), or None when they keep their text embeddings."""
-    connector = getattr(model, "connector", None)
-    if connector is not None and hasattr(connector, "indicator_embeddings"):
-        return connector.indicator_embeddings()
-    vte, cfg = getattr(model, "vte", None), model.config
-    if vte is None:
-        return None
-    return vte.weight[cfg.visual_vocab_size - cfg.num_indicators :]  # VET rows K-n .. K-1

@@ -42,9 +42,8 @@ from openovis.constants import (
     INDICATOR_TOKENS_OVIS2,
     PAD_TOKEN,
 )
-from openovis.data.collator import OvisCollator, PaddingSide, model_inputs
-from openovis.data.skips import SkipReason, SkipSample
 from openovis.processing.chat_template import CHATML_TEMPLATE, multimodal_template, split_multimodal
+from openovis.processing.collator import OvisCollator, PaddingSide, model_inputs
 from openovis.processing.conversation import (
     ConversationEncoder,
     Message,
@@ -70,6 +69,7 @@ from openovis.processing.image import (
 )
 from openovis.processing.image_processor import OvisImageProcessor
 from openovis.processing.layout import check_indicators, image_layout_tokens
+from openovis.skips import SkipReason, SkipSample
 
 ChatFormat = Literal["auto", "chatml", "template"]
 ImageInput = Image.Image | str | os.PathLike

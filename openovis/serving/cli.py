@@ -1,11 +1,6 @@
-"""`openovis serve MODEL_DIR`: the command, as a typed function for the typer app of ``openovis.cli``.
+"""`openovis serve MODEL_DIR`: the command, as a typed function (``openovis.cli`` registers it).
 
-Register it in ``openovis/cli.py`` with one line::
-
-    from openovis.serving.cli import serve
-    app.command("serve")(serve)
-
-or run it alone: ``python -m openovis.serving.cli MODEL_DIR``.
+It also runs alone: ``python -m openovis.serving.cli MODEL_DIR``.
 """
 
 from __future__ import annotations
@@ -14,6 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from openovis.options import Device
 
 
 def serve(
@@ -34,7 +31,9 @@ def serve(
             help="Static KV cache and a torch.compile-d decode step (compiles on the first request)."
         ),
     ] = False,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    device: Annotated[
+        Device, typer.Option(help="Where the model runs: auto (CUDA when present), cpu or cuda.")
+    ] = "auto",
     max_images: Annotated[int, typer.Option(help="Most images per request.")] = 4,
     max_prompt_tokens: Annotated[
         int, typer.Option(help="Longest prompt in tokens, image tokens included.")
