@@ -26,6 +26,7 @@ from typer.core import TyperGroup
 from openovis.experiments.ablation import AblationConfig
 from openovis.experiments.demo import DemoConfig
 from openovis.options import Device
+from openovis.serving.cli import serve
 
 DEBUG_ENV = "OPENOVIS_DEBUG"
 
@@ -116,7 +117,7 @@ def dataclass_command(
 
 app = typer.Typer(
     name="openovis",
-    help="Ovis (structural embedding alignment) multimodal LLMs: build, train, evaluate, chat, convert.",
+    help="Ovis (structural embedding alignment) multimodal LLMs: build, train, evaluate, chat, serve, convert.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -130,7 +131,7 @@ def _root(
         bool, typer.Option(help=f"Show full tracebacks instead of one-line errors (or set {DEBUG_ENV}=1).")
     ] = False,
 ) -> None:
-    """Ovis (structural embedding alignment) multimodal LLMs: build, train, evaluate, chat, convert."""
+    """Ovis (structural embedding alignment) multimodal LLMs: build, train, evaluate, chat, serve, convert."""
 
 
 @app.command("models")
@@ -332,6 +333,9 @@ def chat(
             help="Resolve image paths inside this folder; paths leaving it (.., absolute, symlinks) are refused."
         ),
     ] = None,
+    compile: Annotated[
+        bool, typer.Option(help="Static KV cache and a torch.compile-d decode step (greedy; compiles first).")
+    ] = False,
 ) -> None:
     """Ask a model about images: one question, or an interactive multi-turn chat with streamed answers."""
     from transformers import TextStreamer
@@ -340,7 +344,7 @@ def chat(
     from openovis.skips import SkipSample
 
     images = [resolve_user_image(str(p), image_root) for p in image or []]
-    pipe = OvisPipeline.from_pretrained(model, device=device)
+    pipe = OvisPipeline.from_pretrained(model, device=device, compile=compile)
     if question is not None:
         typer.echo(pipe.chat(question, images, max_new_tokens=max_new_tokens))
         return
@@ -368,6 +372,9 @@ def chat(
             if line.startswith("/image "):
                 continue
         pending = []
+
+
+app.command("serve")(serve)
 
 
 @app.command("convert")

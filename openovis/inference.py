@@ -12,6 +12,9 @@ decoded or the model is run (``SkipSample``, reason ``sequence too long``).
 
 Loading (:func:`load_model`) verifies the folder's ``manifest.json`` first (see
 :mod:`openovis.integrity`) and turns a damaged file into one :class:`CheckpointError` line.
+
+and stops at the end-of-turn token. ``compile=True`` answers ``chat`` with a static KV cache and a
+``torch.compile``-d decode step (:mod:`openovis.generation`); greedy answers are the same tokens.
 """
 
 from __future__ import annotations
@@ -89,11 +92,20 @@ class OvisPipeline:
     Args:
         model: An `OvisForConditionalGeneration`.
         processor: The matching `OvisProcessor`.
+        compile: Answer ``chat`` through a static KV cache with a compiled decode step.
+        max_cache_len: Static cache length (prompt + answer), with ``compile``.
     """
 
-    def __init__(self, model: Any, processor: Any):
+    def __init__(self, model: Any, processor: Any, compile: bool = False, max_cache_len: int = 2048):
         self.model = model.eval()
         self.processor = processor
+        self.fast = None
+        if compile:
+            from openovis.generation import TokenStreamer
+
+            self.fast = TokenStreamer.for_processor(
+                self.model, processor, cache="static", compile=True, max_cache_len=max_cache_len
+            )
 
     @classmethod
     def from_pretrained(
@@ -102,6 +114,7 @@ class OvisPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         verify: bool = True,
+        compile: bool = False,
     ) -> OvisPipeline:
         """Loads a folder written by training (model + processor), onto ``device`` (None/auto: CUDA if present).
 
@@ -118,7 +131,7 @@ class OvisPipeline:
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = load_model(folder, dtype, verify=verify).to(device)
-        return cls(model, OvisProcessor.from_pretrained(folder))
+        return cls(model, OvisProcessor.from_pretrained(folder), compile=compile)
 
     def prompt_limit(self, max_new_tokens: int) -> int | None:
         """Longest prompt in tokens: the processor's ``max_length`` (else the LLM's
@@ -234,12 +247,33 @@ class OvisPipeline:
         }
         if sample["pixel_values"] is not None:
             inputs["pixel_values"] = sample["pixel_values"].to(self.device, self.model.dtype)
-        out = self.model.generate(
-            **inputs, streamer=streamer, **self._generate_kwargs(max_new_tokens, do_sample, **kwargs)
-        )
-        answer = self.processor.tokenizer.decode(
-            out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-        )
+        if self.fast is not None and not do_sample and not kwargs:
+            new = self._fast_answer(inputs, max_new_tokens, streamer)
+        else:
+            out = self.model.generate(
+                **inputs, streamer=streamer, **self._generate_kwargs(max_new_tokens, do_sample, **kwargs)
+            )
+            new = out[0, inputs["input_ids"].shape[1] :]
+        answer = self.processor.tokenizer.decode(new, skip_special_tokens=True)
         answer = answer.strip()
         history.messages.append({"role": "assistant", "content": answer})
         return answer
+
+    def _fast_answer(self, inputs: dict[str, Any], max_new_tokens: int, streamer: Any) -> list[int]:
+        """Greedy answer through the static-cache, compiled decoder (``compile=True``)."""
+        from openovis.generation import SamplingParams
+
+        tokens = []
+        if streamer is not None:
+            streamer.put(
+                inputs["input_ids"].cpu()
+            )  # as generate does: the prompt first (skip_prompt drops it)
+        for token in self.fast.stream(
+            inputs["input_ids"], inputs.get("pixel_values"), SamplingParams(max_new_tokens=max_new_tokens)
+        ):
+            tokens.append(token)
+            if streamer is not None:
+                streamer.put(torch.tensor([token]))
+        if streamer is not None:
+            streamer.end()
+        return tokens

@@ -31,9 +31,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("builders",),
     ("processing",),
     ("data",),
+    ("generation",),  # token streaming (static cache, compiled decode) under the pipeline
     ("inference", "convert", "plots"),
     ("training", "evaluation"),
-    ("experiments",),
+    ("experiments", "serving"),
     ("cli", "__main__"),
 ]
 """Bottom to top. Packages on one row may not import each other."""

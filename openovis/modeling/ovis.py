@@ -178,7 +178,7 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **({"past_key_values": past_key_values} if past_key_values is not None else {}),
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,

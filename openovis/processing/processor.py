@@ -11,6 +11,11 @@ One sample::
 The k-th group of T atoms in ``input_ids`` takes crop k of ``pixel_values``. Text is validated and
 tokenized before any pixel work, so bad samples are rejected cheaply, and crops are only computed
 for images that survive truncation.
+
+It is also a transformers ``ProcessorMixin`` (tokenizer + :class:`OvisImageProcessor`), registered with
+``AutoProcessor`` by ``import openovis``: ``apply_chat_template`` takes transformers' multimodal
+messages, and ``processor(text=..., images=..., return_tensors="pt")`` (the keyword form the
+``image-text-to-text`` pipeline uses) returns a padded ``BatchFeature`` of model inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from PIL import Image
+from transformers import BatchFeature, ProcessorMixin
 
 from openovis.constants import (
     CAPTION_TEMPLATE,
@@ -36,6 +42,7 @@ from openovis.constants import (
     INDICATOR_TOKENS_OVIS2,
     PAD_TOKEN,
 )
+from openovis.processing.chat_template import CHATML_TEMPLATE, multimodal_template, split_multimodal
 from openovis.processing.collator import OvisCollator, PaddingSide, model_inputs
 from openovis.processing.conversation import (
     ConversationEncoder,
@@ -62,6 +69,7 @@ from openovis.processing.image import (
     load_image_bytes,
     to_rgb,
 )
+from openovis.processing.image_processor import OvisImageProcessor
 from openovis.processing.layout import check_indicators, image_layout_tokens
 from openovis.skips import SkipReason, SkipSample
 
@@ -70,6 +78,13 @@ ImageInput = Image.Image | str | os.PathLike | bytes
 TextInput = str | Sequence[Mapping[str, Any] | Message] | None
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
+# Keyword arguments transformers' loaders and pipelines pass that a local, already-built processor ignores.
+_HF_LOAD_KWARGS = frozenset(
+    {"trust_remote_code", "_from_auto", "_from_pipeline", "revision", "local_files_only", "cache_dir",
+     "token", "force_download", "proxies", "subfolder", "use_fast", "code_revision", "user_agent"}
+)  # fmt: skip
+# Keyword arguments of the transformers call form that the Ovis encoding honours or safely ignores.
+_HF_CALL_KWARGS = frozenset({"padding", "truncation", "add_special_tokens", "sanitize_control_tokens"})
 _MODES = get_args(Mode)
 _PROCESSOR_KEYS = (
     "indicator_tokens",
@@ -131,13 +146,14 @@ def _special_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-class OvisProcessor:
+class OvisProcessor(ProcessorMixin):
     """Turns images and text into model inputs, one sample (``__call__``) or a padded batch (``batch``).
 
     Args:
         tokenizer: A transformers tokenizer containing ``image_placeholder``, ``atom_token`` and
             ``indicator_tokens`` as single tokens (see :func:`add_ovis_tokens`).
-        image_config: Image preprocessing.
+        image_processor: Image preprocessing: an :class:`OvisImageProcessor` or its
+            :class:`ImageProcessingConfig`.
         indicator_tokens: 5 (Ovis2) or 2 (Ovis 1.0, then ``max_partition`` must be 1) indicators.
         image_placeholder: What marks an image in user text.
         atom_token: One text position per visual token.
@@ -151,7 +167,7 @@ class OvisProcessor:
     def __init__(
         self,
         tokenizer: Any,
-        image_config: ImageProcessingConfig,
+        image_processor: OvisImageProcessor | ImageProcessingConfig,
         indicator_tokens: Sequence[str] = INDICATOR_TOKENS_OVIS2,
         *,
         image_placeholder: str = IMAGE_PLACEHOLDER,
@@ -160,6 +176,9 @@ class OvisProcessor:
         max_length: int | None = None,
         caption_template: str = CAPTION_TEMPLATE,
     ) -> None:
+        if isinstance(image_processor, ImageProcessingConfig):
+            image_processor = OvisImageProcessor(image_processor)
+        image_config = image_processor.image_config
         check_indicators(indicator_tokens, image_config.max_partition)
         if chat_format not in get_args(ChatFormat):
             raise ValueError(f"chat_format: must be one of {get_args(ChatFormat)}, got {chat_format!r}")
@@ -169,14 +188,17 @@ class OvisProcessor:
             raise ValueError(f"max_length: must be a positive integer or None, got {max_length!r}")
         if caption_template.count(image_placeholder) != 1:
             raise ValueError(f"caption_template: must contain {image_placeholder!r} exactly once")
-        self.tokenizer = tokenizer
-        self.image_config = image_config
         self.indicator_tokens = tuple(indicator_tokens)
         self.image_placeholder = image_placeholder
         self.atom_token = atom_token
         self.max_length = max_length
         self.caption_template = caption_template
+        super().__init__(tokenizer, image_processor)  # sets .tokenizer and .image_processor
         self.chat_format = self._resolve_chat_format(chat_format)
+        # transformers tools render ``chat_template`` themselves; apply_chat_template below does not need it
+        self.chat_template = (
+            CHATML_TEMPLATE if self.chat_format == "chatml" else multimodal_template(tokenizer.chat_template)
+        )
         self.placeholder_id = _single_token_id(tokenizer, image_placeholder, "image_placeholder")
         self.atom_token_id = _single_token_id(tokenizer, atom_token, "atom_token")
         self.indicator_token_ids = tuple(
@@ -224,6 +246,11 @@ class OvisProcessor:
     # ----------------------------------------------------------------------- properties
 
     @property
+    def image_config(self) -> ImageProcessingConfig:
+        """The image preprocessing configuration (of ``image_processor``)."""
+        return self.image_processor.image_config
+
+    @property
     def tokens_per_crop(self) -> int:
         """T, atoms per crop."""
         return self.image_config.tokens_per_crop
@@ -237,6 +264,10 @@ class OvisProcessor:
         out = [supervised[-1]] if supervised and supervised[-1] in self._encoder.ids.special else []
         eos = self.tokenizer.eos_token_id
         return out + ([eos] if eos is not None and eos not in out else [])
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """What a model folder's ``generation_config.json`` needs from the processor: every stop id and the pad id."""
+        return {"eos_token_id": self.stop_token_ids, "pad_token_id": self.pad_token_id}
 
     def layout_ids(self, grid: Grid) -> list[int]:
         """Token ids of one image with this grid (cached per grid)."""
@@ -312,12 +343,18 @@ class OvisProcessor:
 
     def __call__(
         self,
-        conversation_or_text: TextInput,
+        conversation_or_text: TextInput = None,
         images: Sequence[ImageInput] | ImageInput | None = None,
         mode: Mode = "train",
         max_length: int | None = None,
+        *,
+        text: str | Sequence[str] | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
-        """Processes one sample.
+        """Processes one sample; with ``text=`` (the transformers form) a batch of rendered prompts.
+
+        The transformers form ``processor(text=..., images=..., return_tensors="pt")`` is
+        :meth:`encode_prompts`; everything below describes the Ovis form.
 
         Args:
             conversation_or_text: ``"train"``: a conversation (LLaVA turns, role/content dicts or messages) ending with
@@ -336,6 +373,14 @@ class OvisProcessor:
             SkipSample: The sample is unusable (bad conversation, placeholder mismatch, unreadable
                 image, does not fit in ``max_length``).
         """
+        if text is not None:
+            if conversation_or_text is not None:
+                raise TypeError(
+                    "give the prompt text either positionally (Ovis form) or as text= (transformers form)"
+                )
+            return self.encode_prompts(text, images, max_length=max_length, **kwargs)
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)} (the transformers form needs text=)")
         if mode not in _MODES:
             raise ValueError(f"mode: must be one of {_MODES}, got {mode!r}")
         labelled = mode == "train" or (mode == "caption" and conversation_or_text is not None)
@@ -343,11 +388,26 @@ class OvisProcessor:
         if mode == "generate":
             self.check_prompt_length(conversation_or_text, limit)
         seq = self._encode_text(conversation_or_text, mode)
+        return self._with_images(seq, images, labelled, max_length, check_prompt=mode == "generate")
+
+    def _with_images(
+        self,
+        seq: TokenSequence,
+        images: Sequence[ImageInput] | ImageInput | None,
+        labelled: bool,
+        max_length: int | None,
+        check_prompt: bool = False,
+    ) -> dict[str, Any]:
+        """Expands the placeholders of ``seq`` with its images, truncates, makes crops (one sample).
+
+        ``check_prompt`` refuses a generation prompt over the limit before any image is decoded.
+        """
+        limit = self.max_length if max_length is None else max_length
         if images is None:
             images = []
         elif isinstance(images, (Image.Image, str, os.PathLike, bytes, bytearray)):
             images = [images]
-        if mode == "generate":
+        if check_prompt:
             self._check_prompt_tokens(seq, len(images), limit)
         rgb = [self._as_rgb(img) for img in images]
         grids = [image_grid(img, self.image_config) for img in rgb]
@@ -367,6 +427,104 @@ class OvisProcessor:
         if labelled:
             out["labels"] = torch.tensor(seq.labels, dtype=torch.long)  # [L]
         return out
+
+    # ----------------------------------------------------------------------- transformers forms
+
+    def encode_prompts(
+        self,
+        text: str | Sequence[str],
+        images: Any = None,
+        *,
+        return_tensors: str | None = "pt",
+        padding_side: PaddingSide | None = None,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Already rendered prompts (with ``<image>`` placeholders) -> padded model inputs.
+
+        Args:
+            text: One prompt or a batch of prompts.
+            images: For one prompt, its images; for a batch, one list per prompt, or one flat list
+                dealt out in placeholder order.
+            return_tensors: ``"pt"`` (default) or None.
+            padding_side: Default the tokenizer's.
+            max_length: Longest prompt (default: the processor's); longer ones raise.
+            add_special_tokens: Put the tokenizer's bos prefix first (ChatML format only, as
+                :meth:`__call__` does; a chat template writes its own).
+
+        Returns:
+            ``input_ids [B, L]``, ``attention_mask [B, L]`` and, with images, ``pixel_values [C, 3, S, S]``.
+        """
+        unknown = set(kwargs) - _HF_CALL_KWARGS
+        if unknown:
+            raise TypeError(f"unexpected arguments: {sorted(unknown)}")
+        texts = [text] if isinstance(text, str) else list(text)
+        per_sample = _deal_images(texts, images, self.image_placeholder)
+        bos = (
+            list(self._encoder.ids.bos_prefix) if self.chat_format == "chatml" and add_special_tokens else []
+        )
+        samples = []
+        for prompt, imgs in zip(texts, per_sample, strict=True):
+            ids = self._encoder._encode(check_text(prompt, "text"))
+            ids = ids if bos and ids[: len(bos)] == bos else bos + ids
+            seq = TokenSequence(ids, [IGNORE_INDEX] * len(ids), [])
+            samples.append(self._with_images(seq, imgs, False, max_length, check_prompt=True))
+        side = padding_side or getattr(self.tokenizer, "padding_side", "right")
+        batch = model_inputs(OvisCollator(self.pad_token_id, side)(samples))
+        data = {k: v for k, v in batch.items() if v is not None and k != "labels"}
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def apply_chat_template(
+        self,
+        conversation: Sequence[Any],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = "pt",
+        images: Sequence[ImageInput] | None = None,
+        processor_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Renders (and optionally encodes) a conversation in transformers' message format.
+
+        Contents may be strings with ``<image>`` placeholders or lists of ``{"type": "text", "text"}``
+        and ``{"type": "image"[, "image" | "path" | "url": PIL or local path]}`` parts; images not
+        given in the parts come from ``images``, in placeholder order. Rendering uses the processor's
+        own chat format, exactly as training does. With ``tokenize=True`` and
+        ``add_generation_prompt=True`` the ids are those of ``processor(messages, images, mode="generate")``.
+
+        Returns:
+            The prompt string; with ``tokenize=True`` the ``input_ids [1, L]``; with ``return_dict=True``
+            a ``BatchFeature`` of ``input_ids``, ``attention_mask`` and ``pixel_values`` (with images).
+        """
+        if chat_template is not None:
+            raise ValueError("chat_template: the Ovis processor renders with its own chat format")
+        for key in ("continue_final_message", "return_assistant_tokens_mask"):
+            if kwargs.pop(key, False):
+                raise ValueError(f"{key}: not supported by the Ovis processor")
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        batched = bool(conversation) and not isinstance(conversation[0], Mapping)
+        if batched and images is not None:
+            raise ValueError("images: give the images inside the messages when passing several conversations")
+        split = [split_multimodal(c) for c in (conversation if batched else [conversation])]
+        chats = [normalize_messages(messages) for messages, _ in split]
+        per_sample = [[*found, *(images or [])] or None for _, found in split]
+        if not tokenize:
+            rendered = [self._encoder.render(chat, add_generation_prompt) for chat in chats]
+            return rendered if batched else rendered[0]
+        if add_generation_prompt:  # exactly the ids of mode "generate" (left-padded when batched)
+            batch = self.batch(chats, per_sample, mode="generate")
+            data = {k: v for k, v in batch.items() if v is not None}
+            out = BatchFeature(data, tensor_type=return_tensors)
+        else:
+            prompts = [self._encoder.render(chat, False) for chat in chats]
+            out = self.encode_prompts(
+                prompts, per_sample, return_tensors=return_tensors, **(processor_kwargs or {})
+            )
+        return out if return_dict else out["input_ids"]
 
     def batch(
         self,
@@ -411,14 +569,23 @@ class OvisProcessor:
             "caption_template": self.caption_template,
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
-        """Writes ``processor_config.json`` and the tokenizer files into ``save_directory``."""
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> list[str]:
+        """Writes ``processor_config.json``, ``preprocessor_config.json`` and the tokenizer files.
+
+        ``AutoProcessor.from_pretrained`` finds the class in ``processor_config.json`` (registered by
+        ``import openovis``); ``AutoImageProcessor`` reads ``preprocessor_config.json``.
+        """
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub: save locally, then upload the folder")
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / PROCESSOR_CONFIG_NAME).write_text(
             json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8"
         )
-        self.tokenizer.save_pretrained(path)
+        self.image_processor._processor_class = type(self).__name__
+        files = list(self.image_processor.save_pretrained(path))
+        files += list(self.tokenizer.save_pretrained(path))
+        return [str(path / PROCESSOR_CONFIG_NAME), *map(str, files)]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], tokenizer: Any, **overrides: Any) -> OvisProcessor:
@@ -435,9 +602,19 @@ class OvisProcessor:
         return cls(tokenizer, image_config, kwargs.pop("indicator_tokens", INDICATOR_TOKENS_OVIS2), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], **overrides: Any) -> OvisProcessor:
-        """Loads a processor saved with :meth:`save_pretrained` (local files only, no network)."""
+    def from_pretrained(cls, directory: str | os.PathLike[str], **overrides: Any) -> OvisProcessor:  # type: ignore[override]
+        """Loads a processor saved with :meth:`save_pretrained` (local files only, no network).
+
+        ``overrides`` are image or processor fields; the hub arguments transformers' ``AutoProcessor``
+        passes along (``trust_remote_code``, ``revision``, ...) are ignored.
+        """
         from transformers import AutoTokenizer
+
+        from_transformers = bool(overrides.get("_from_auto") or overrides.get("_from_pipeline"))
+        overrides = {k: v for k, v in overrides.items() if k not in _HF_LOAD_KWARGS}
+        if from_transformers:  # loaders pass their own options along (dtype, ...): keep only ours
+            known = {f.name for f in dataclasses.fields(ImageProcessingConfig)} | set(_PROCESSOR_KEYS)
+            overrides = {k: v for k, v in overrides.items() if k in known}
 
         path = Path(directory)
         config_file = path / PROCESSOR_CONFIG_NAME
@@ -529,6 +706,27 @@ def _raw_content(message: Any) -> str:
             p.get("text", "") for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)
         )
     return ""
+
+
+def _deal_images(texts: Sequence[str], images: Any, placeholder: str) -> list[list[Any] | None]:
+    """One image list per prompt: given per prompt (nested lists), or a flat list dealt in placeholder order."""
+    if images is None:
+        return [None] * len(texts)
+    if isinstance(images, (Image.Image, str, os.PathLike)):
+        images = [images]
+    images = list(images)
+    nested = all(im is None or (isinstance(im, Sequence) and not isinstance(im, str)) for im in images)
+    if nested and len(images) == len(texts):
+        return [list(im) if im is not None else None for im in images]
+    out: list[list[Any] | None] = []
+    start = 0
+    for prompt in texts:
+        n = prompt.count(placeholder)
+        out.append(images[start : start + n] or None)
+        start += n
+    if start != len(images):
+        raise ValueError(f"images: {len(images)} images for {start} {placeholder} placeholders in the text")
+    return out
 
 
 def _get(obj: Any, name: str, default: Any = _MISSING) -> Any:

@@ -251,6 +251,7 @@ def _finish_stage(
     }
     if accelerator.is_main_process:
         final = stage_dir / "final"
+        model.generation_config.update(**processor.generation_defaults())  # stop on <|im_end|> and eos
         model.save_pretrained(final)
         processor.save_pretrained(final)
         write_manifest(final)
