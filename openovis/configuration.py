@@ -20,6 +20,7 @@ TokenizeFunction = Literal["softmax", "st_argmax", "gumbel_argmax"]
 Connector = Literal["vet", "mlp"]
 VetImpl = Literal["reference", "chunked", "auto"]
 BackboneFeature = Literal["pre_norm", "post_norm"]
+LossImpl = Literal["reference", "chunked", "liger", "auto"]
 
 
 def _sub_config(value: Any, field: str) -> PretrainedConfig | None:
@@ -56,6 +57,9 @@ class OvisConfig(PretrainedConfig):
         connector: ``vet`` (Ovis) or ``mlp`` (the LLaVA-style projector baseline of the paper's ablation).
         mlp_hidden_size: Hidden width of the MLP connector (default: the LLM width).
         vet_impl: Which implementation computes ``softmax(LN(xW)) @ E`` (see `openovis.ops.vet`).
+        loss_impl: How a forward with labels computes the LM loss: ``reference`` (the LLM's own, with
+            logits), or without ``[tokens, vocab]`` logits (``chunked`` | ``liger`` | ``auto``, see
+            `openovis.ops.linear_ce`; the output's ``logits`` are then None).
         backbone_feature: ``pre_norm`` takes the encoder's last hidden state before any final norm (official
             Ovis); ``post_norm`` applies it (transformers' Ovis2).
         head_norm_eps: LayerNorm epsilon of the visual head.
@@ -80,6 +84,7 @@ class OvisConfig(PretrainedConfig):
         connector: Connector = "vet",
         mlp_hidden_size: int | None = None,
         vet_impl: VetImpl = "auto",
+        loss_impl: LossImpl = "reference",
         backbone_feature: BackboneFeature = "pre_norm",
         head_norm_eps: float = 1e-5,
         vte_init_std: float = 0.02,
@@ -98,6 +103,7 @@ class OvisConfig(PretrainedConfig):
         self.connector = connector
         self.mlp_hidden_size = mlp_hidden_size
         self.vet_impl = vet_impl
+        self.loss_impl = loss_impl
         self.backbone_feature = backbone_feature
         self.head_norm_eps = head_norm_eps
         self.vte_init_std = vte_init_std
@@ -112,6 +118,7 @@ class OvisConfig(PretrainedConfig):
         _check_choice("tokenize_function", self.tokenize_function, TokenizeFunction)
         _check_choice("connector", self.connector, Connector)
         _check_choice("vet_impl", self.vet_impl, VetImpl)
+        _check_choice("loss_impl", self.loss_impl, LossImpl)
         _check_choice("backbone_feature", self.backbone_feature, BackboneFeature)
         n = len(self.indicator_tokens)
         if not isinstance(self.hidden_stride, int) or self.hidden_stride < 1:
