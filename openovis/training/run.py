@@ -151,6 +151,8 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     from accelerate.utils import set_seed
 
     from openovis.data.collator import OvisCollator
+    from openovis.processing.packing import PackingCollator
+    from openovis.training.speed import apply_speed_levers
     from openovis.modeling.ovis import OvisForConditionalGeneration
     from openovis.training.param_groups import reinit_last_block
 
@@ -179,6 +181,9 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
             reinit_last_block(model)
         dataset = stage_dataset(stage, processor, data_root, recipe.seed + i)
         collate = OvisCollator.from_processor(processor, "right")
+        if recipe.speed.pack_length:  # speed levers (openovis/training/speed.py)
+            collate = PackingCollator.from_processor(processor, recipe.speed.pack_length)
+        apply_speed_levers(model, recipe.speed)
         model, lora = _maybe_lora(model, stage)
         result = train_stage(
             accelerator,

@@ -98,9 +98,16 @@ def checkpoint_block(block: nn.Module, mode: ActivationCheckpointing) -> None:
 
 
 def apply_speed_levers(model: nn.Module, spec: SpeedSpec) -> nn.Module:
-    """Applies the model-side levers of ``spec`` to an Ovis model in place and returns it."""
+    """Applies the model-side levers of ``spec`` to an Ovis model in place and returns it.
+
+    Idempotent: a block that already has levers keeps them (the training run applies the levers
+    before every stage, and a stage may continue with the previous stage's model).
+    """
     for block in llm_blocks(model):
+        if getattr(block, "_openovis_speed", None) is not None:
+            continue
         checkpoint_block(block, spec.activation_checkpointing)
         if spec.compile_llm:
             block.compile()
+        block._openovis_speed = spec
     return model

@@ -52,3 +52,19 @@ def test_spec_is_validated():
         SpeedSpec(activation_checkpointing="some")
     with pytest.raises(ValueError, match="pack_length"):
         SpeedSpec(pack_length=0)
+
+
+def test_levers_apply_once_and_parse_from_a_recipe():
+    from openovis.training.recipe import Recipe, parse
+
+    model = build_model("tiny", vet_impl="reference")
+    spec = SpeedSpec(activation_checkpointing="selective")
+    apply_speed_levers(model, spec)
+    forwards = [block.forward for block in model.llm.model.layers]
+    apply_speed_levers(model, spec)
+    assert [block.forward for block in model.llm.model.layers] == forwards
+    data = {"stages": [{"name": "s", "data": [{"path": "x.json"}], "module_lr": {"all": 1e-3}}],
+            "speed": {"activation_checkpointing": "selective", "pack_length": 512}}
+    recipe = parse(Recipe, data, "")
+    assert recipe.speed == SpeedSpec(activation_checkpointing="selective", pack_length=512)
+    assert parse(Recipe, {k: v for k, v in data.items() if k != "speed"}, "").speed == SpeedSpec()
