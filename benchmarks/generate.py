@@ -139,12 +139,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     want = tokens if want is None else want
                     rows.append(Row(case, name, 1e3 * ttft, rate, bool(torch.equal(tokens, want))))
                     print(json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+                    if args.json:  # row by row, so a run cut short keeps what it measured
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps({"size": args.size, **dataclasses.asdict(rows[-1])}) + "\n")
                 gc.collect()
     print_table(rows)
-    if args.json:
-        with open(args.json, "a") as f:
-            for r in rows:
-                f.write(json.dumps({"size": args.size, **dataclasses.asdict(r)}) + "\n")
     return rows
 
 

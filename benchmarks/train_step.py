@@ -260,9 +260,8 @@ def sweep(device: str) -> list[Levers]:
     off = Levers()
     alone = [dataclasses.replace(off, vet_impl="chunked"), dataclasses.replace(off, loss_impl="auto"),
              dataclasses.replace(off, pack=True), dataclasses.replace(off, ac="selective")]
-    if device == "cuda":
-        alone.append(dataclasses.replace(off, compile=True))
-    return [off, *alone, device_defaults(device)]
+    compile_alone = [dataclasses.replace(off, compile=True)] if device == "cuda" else []
+    return [off, *alone, device_defaults(device), *compile_alone]
 
 
 def run_ours(hf, levers: Levers, samples: list[dict], args, dtype) -> Row:
@@ -339,24 +338,30 @@ def main(argv: list[str] | None = None) -> list[Row]:
     hf = build_hf(args.size, args.device, dtype, args.attn)
     n = args.batch * (args.warmup + args.steps)
     samples = make_samples(hf.config, n, args.crops, args.text_len, args.fixed_length, seed=1)
-    hf.requires_grad_(False)  # openovis models are converted from its untouched weights, so it trains last
     rows = []
+
+    def record(row: Row) -> None:
+        rows.append(row)
+        print(json.dumps(dataclasses.asdict(row)), flush=True)
+        if args.json:  # row by row, so a run cut short by a time limit keeps what it measured
+            with open(args.json, "a") as f:
+                f.write(json.dumps({"header": header, **dataclasses.asdict(row)}) + "\n")
+
+    if not args.no_hf:  # first, then its initial weights come back for the openovis conversions
+        initial = {k: v.clone() for k, v in hf.state_dict().items()}
+        record(measure("transformers Ovis2", hf, batches(samples, args.batch, False), args, dtype))
+        hf.load_state_dict(initial)
+        del initial
+        free(args.device)
+    hf.requires_grad_(False)
     for levers in sweep(args.device) if args.sweep else [chosen]:
         try:
-            rows.append(run_ours(hf, levers, samples, args, dtype))
-            print(json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+            record(run_ours(hf, levers, samples, args, dtype))
         except Exception as err:  # one failing lever must not cost the other figures
             print(f"FAILED {levers.label()}: {type(err).__name__}: {err}", flush=True)
             free(args.device)
-    if not args.no_hf:
-        hf.requires_grad_(True)
-        rows.insert(0, measure("transformers Ovis2", hf, batches(samples, args.batch, False), args, dtype))
-        print(json.dumps(dataclasses.asdict(rows[0])), flush=True)
-    print_table(rows, header)
-    if args.json:
-        with open(args.json, "a") as f:
-            for r in rows:
-                f.write(json.dumps({"header": header, **dataclasses.asdict(r)}) + "\n")
+    if rows:
+        print_table(rows, header)
     return rows
 
 
