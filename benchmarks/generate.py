@@ -70,8 +70,14 @@ def sync(device: str) -> None:
 def timed_generate(model, inputs: dict, new_tokens: int, device: str, **kwargs) -> tuple[float, torch.Tensor]:
     sync(device)
     start = time.perf_counter()
-    out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                         pad_token_id=PAD, **kwargs)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=PAD,
+        **kwargs,
+    )
     sync(device)
     return time.perf_counter() - start, out
 
@@ -81,8 +87,12 @@ def measure(model, inputs: dict, args, batch: int, **kwargs) -> tuple[float, flo
     n = args.new_tokens
     timed_generate(model, inputs, 1, args.device, **kwargs)
     _, out = timed_generate(model, inputs, n, args.device, **kwargs)
-    ttft = statistics.median(timed_generate(model, inputs, 1, args.device, **kwargs)[0] for _ in range(args.repeats))
-    full = statistics.median(timed_generate(model, inputs, n, args.device, **kwargs)[0] for _ in range(args.repeats))
+    ttft = statistics.median(
+        timed_generate(model, inputs, 1, args.device, **kwargs)[0] for _ in range(args.repeats)
+    )
+    full = statistics.median(
+        timed_generate(model, inputs, n, args.device, **kwargs)[0] for _ in range(args.repeats)
+    )
     assert out.shape[1] == inputs["input_ids"].shape[1] + n, "generation stopped early"
     return ttft, batch * (n - 1) / max(full - ttft, 1e-9), out[:, inputs["input_ids"].shape[1] :]
 
@@ -92,22 +102,31 @@ def prompt_batch(config, batch: int, crops: int, text_len: int, device: str, dty
     for s in samples:
         s.pop("labels")
     b = OvisCollator(PAD, "left")(samples)
-    return {"input_ids": b["input_ids"].to(device), "attention_mask": b["attention_mask"].to(device),
-            "pixel_values": b["pixel_values"].to(device, dtype)}
+    return {
+        "input_ids": b["input_ids"].to(device),
+        "attention_mask": b["attention_mask"].to(device),
+        "pixel_values": b["pixel_values"].to(device, dtype),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=list(SIZES), default="tiny")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--batches", default="1,8")
     p.add_argument("--crops", default="1,10")
     p.add_argument("--text-len", type=int, default=64, help="prompt text tokens (at most)")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--static", action=argparse.BooleanOptionalAction, default=None,
-                   help="also openovis with a static cache + compiled decode step (default: on CUDA)")
+    p.add_argument(
+        "--static",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also openovis with a static cache + compiled decode step (default: on CUDA)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -115,8 +134,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     static = args.device == "cuda" if args.static is None else args.static
-    print(f"generate, size {args.size}, {args.device}, {dtype}, {args.new_tokens} new tokens, "
-          f"≤{args.text_len} prompt text tokens, torch {torch.__version__}", flush=True)
+    print(
+        f"generate, size {args.size}, {args.device}, {dtype}, {args.new_tokens} new tokens, "
+        f"≤{args.text_len} prompt text tokens, torch {torch.__version__}",
+        flush=True,
+    )
     hf = build_hf(args.size, args.device, dtype, "sdpa").eval()
     impls = {"transformers Ovis2": (hf, {}), "openovis dynamic": (build_ours(hf, args.device).eval(), {})}
     if static:
@@ -153,8 +175,10 @@ def print_table(rows: list[Row]) -> None:
     ref: dict[str, Row] = {}
     for r in rows:
         base = ref.setdefault(r.case, r)
-        print(f"| {r.case} | {r.impl} | {r.ttft_ms:.1f} | {base.ttft_ms / r.ttft_ms:.2f} | "
-              f"{r.decode_tok_s:,.1f} | {r.decode_tok_s / base.decode_tok_s:.2f} | {r.same_tokens} |")
+        print(
+            f"| {r.case} | {r.impl} | {r.ttft_ms:.1f} | {base.ttft_ms / r.ttft_ms:.2f} | "
+            f"{r.decode_tok_s:,.1f} | {r.decode_tok_s / base.decode_tok_s:.2f} | {r.same_tokens} |"
+        )
     print("×: against the first implementation of the case (transformers' Ovis2); higher is better.")
 
 

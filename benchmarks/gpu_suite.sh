@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_suite.sh                 # CUDA; figures in ${OUT:-./gpu_out}
 #   bash benchmarks/gpu_suite.sh --dry-run       # the same steps at tiny sizes on the CPU (~3 min)
+#   SUITE_TIME_SCALE=3 bash benchmarks/gpu_suite.sh --dry-run   # on a busy machine: 3x every time box
 #
 # Steps, each in its own time box (one failure or hang does not eat the others' time):
 #   versions | VET op (paper 8B shapes N 4608, F 1024, K 131072, D 4096; Ovis2.5-like with the odd head
@@ -16,7 +17,7 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -26,8 +27,10 @@ rm -f "$OUT"/*.json "$OUT"/*.jsonl "$OUT"/steps.tsv "$OUT"/report.md
 export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
 
+SCALE="${SUITE_TIME_SCALE:-1}"  # stretch every time box on a shared or slow machine (e.g. 3)
+
 step() {  # step NAME SECONDS COMMAND...: run with a time box, log to $OUT/NAME.log
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(( $2 * SCALE )); shift 2
   local start=$SECONDS
   echo "== $name (time box ${limit}s): $*"
   timeout --signal=TERM --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1

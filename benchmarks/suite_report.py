@@ -25,7 +25,10 @@ def vet_section(out: Path) -> list[str]:
     if not path.exists():
         return ["*(no VET op figures: the step failed or ran out of time; see vet_op.log)*"]
     rows = json.loads(path.read_text())
-    lines = ["| case | impl | fwd ms | × | fwd+bwd ms | × | peak MiB | × | max rel err |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | impl | fwd ms | × | fwd+bwd ms | × | peak MiB | × | max rel err |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     ref: dict = {}
     for r in rows:
         ref = r if r["impl"] == "reference" else ref
@@ -34,8 +37,10 @@ def vet_section(out: Path) -> list[str]:
             f"{r['fwd_bwd_ms']:.2f} | {ref['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_peak_mib']:,.0f} | "
             f"{ref['fwd_bwd_peak_mib'] / max(r['fwd_bwd_peak_mib'], 1e-9):.2f} | {r['max_rel_err']:.1e} |"
         )
-    lines.append("×: reference / this (higher is better). `-even` cases: head width a multiple of 128; the "
-                 "others have the official odd width (65531, 131070); `chunked, no pad` runs the odd width as is.")
+    lines.append(
+        "×: reference / this (higher is better). `-even` cases: head width a multiple of 128; the "
+        "others have the official odd width (65531, 131070); `chunked, no pad` runs the odd width as is."
+    )
     return lines
 
 
@@ -43,9 +48,12 @@ def train_section(path: Path) -> list[str]:
     rows = _jsonl(path)
     if not rows:
         return [f"*(no figures in {path.name}: see its log)*"]
-    lines = [f"`{rows[0]['header']}`", "",
-             "| model | step ms | samples/s | × | tokens/s | × | peak MiB | × | first loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`{rows[0]['header']}`",
+        "",
+        "| model | step ms | samples/s | × | tokens/s | × | peak MiB | × | first loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     ref = rows[0]
     for r in rows:
         lines.append(
@@ -61,7 +69,10 @@ def generate_section(path: Path) -> list[str]:
     rows = _jsonl(path)
     if not rows:
         return ["*(no generation figures: see generate.log)*"]
-    lines = ["| case | implementation | TTFT ms | × | decode tok/s | × | same tokens |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | implementation | TTFT ms | × | decode tok/s | × | same tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     ref: dict[str, dict] = {}
     for r in rows:
         base = ref.setdefault(r["case"], r)

@@ -59,25 +59,62 @@ PAD = 0
 # ViT (AIMv2-style) and LM (Qwen2-style) widths per size; K is the visual vocabulary.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "vision": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=64, patch_size=8),
-        "text": dict(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2),
+        "vision": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=8,
+        ),
+        "text": dict(
+            vocab_size=4096,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
         "K": 1024,
     },
     "mid": {
-        "vision": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                       image_size=224, patch_size=14),
-        "text": dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-                     num_attention_heads=8, num_key_value_heads=2),
+        "vision": dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=14,
+        ),
+        "text": dict(
+            vocab_size=32000,
+            hidden_size=512,
+            intermediate_size=1408,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+        ),
         "K": 8192,
     },
     "2b": {  # Ovis2-2B: AIMv2-huge-patch14-448 + Qwen2.5-1.5B, K = 65536
-        "vision": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=12,
-                       image_size=448, patch_size=14),
-        "text": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                     num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0,
-                     max_position_embeddings=32768),
+        "vision": dict(
+            hidden_size=1536,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=12,
+            image_size=448,
+            patch_size=14,
+        ),
+        "text": dict(
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            rope_theta=1000000.0,
+            max_position_embeddings=32768,
+        ),
         "K": 65536,
     },
 }
@@ -86,12 +123,23 @@ SIZES: dict[str, dict[str, Any]] = {
 def hf_config(size: str) -> Ovis2Config:
     spec = SIZES[size]
     v = spec["text"]["vocab_size"]
-    vision = Ovis2VisionConfig(**spec["vision"], hidden_stride=2, vocab_size=spec["K"],
-                               num_visual_indicator_tokens=N_IND, tokenize_function="softmax")
+    vision = Ovis2VisionConfig(
+        **spec["vision"],
+        hidden_stride=2,
+        vocab_size=spec["K"],
+        num_visual_indicator_tokens=N_IND,
+        tokenize_function="softmax",
+    )
     text = Qwen2Config(**spec["text"], tie_word_embeddings=True)
-    return Ovis2Config(vision_config=vision, text_config=text, image_token_id=v - N_IND - 1,
-                       visual_indicator_token_ids=list(range(v - N_IND, v)), vocab_size=v,
-                       hidden_size=spec["text"]["hidden_size"], tie_word_embeddings=True)
+    return Ovis2Config(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=v - N_IND - 1,
+        visual_indicator_token_ids=list(range(v - N_IND, v)),
+        vocab_size=v,
+        hidden_size=spec["text"]["hidden_size"],
+        tie_word_embeddings=True,
+    )
 
 
 def build_hf(size: str, device: str, dtype: torch.dtype, attn: str) -> Ovis2ForConditionalGeneration:
@@ -136,7 +184,9 @@ def image_ids(config: Ovis2Config, crops: int, tokens_per_crop: int) -> list[int
     return [*ids, end]
 
 
-def make_samples(config: Ovis2Config, n: int, crops: int, text_len: int, fixed: bool, seed: int) -> list[dict]:
+def make_samples(
+    config: Ovis2Config, n: int, crops: int, text_len: int, fixed: bool, seed: int
+) -> list[dict]:
     """Processed-sample dicts: prompt | image | prompt | answer (supervised), random ids and pixels."""
     g = torch.Generator().manual_seed(seed)
     vc = config.vision_config
@@ -150,13 +200,15 @@ def make_samples(config: Ovis2Config, n: int, crops: int, text_len: int, fixed: 
         prompt, answer = text[: len(text) // 2], text[len(text) // 2 :]
         ids = [*prompt[: len(prompt) // 2], *image, *prompt[len(prompt) // 2 :], *answer]
         labels = [IGNORE_INDEX] * (len(ids) - len(answer)) + answer
-        samples.append({
-            "input_ids": torch.tensor(ids),
-            "attention_mask": torch.ones(len(ids), dtype=torch.long),
-            "labels": torch.tensor(labels),
-            "pixel_values": torch.randn(crops, 3, vc.image_size, vc.image_size, generator=g),
-            "grids": [crop_grid(crops)],
-        })
+        samples.append(
+            {
+                "input_ids": torch.tensor(ids),
+                "attention_mask": torch.ones(len(ids), dtype=torch.long),
+                "labels": torch.tensor(labels),
+                "pixel_values": torch.randn(crops, 3, vc.image_size, vc.image_size, generator=g),
+                "grids": [crop_grid(crops)],
+            }
+        )
     return samples
 
 
@@ -242,10 +294,13 @@ class Levers:
     ac: str = "off"
 
     def label(self) -> str:
-        on = [f"vet={self.vet_impl}" if self.vet_impl != "reference" else "",
-              f"loss={self.loss_impl}" if self.loss_impl != "reference" else "",
-              "pack" if self.pack else "", "compile" if self.compile else "",
-              f"ac={self.ac}" if self.ac != "off" else ""]
+        on = [
+            f"vet={self.vet_impl}" if self.vet_impl != "reference" else "",
+            f"loss={self.loss_impl}" if self.loss_impl != "reference" else "",
+            "pack" if self.pack else "",
+            "compile" if self.compile else "",
+            f"ac={self.ac}" if self.ac != "off" else "",
+        ]
         return "openovis " + (", ".join(x for x in on if x) or "(levers off)")
 
 
@@ -258,8 +313,12 @@ def device_defaults(device: str) -> Levers:
 
 def sweep(device: str) -> list[Levers]:
     off = Levers()
-    alone = [dataclasses.replace(off, vet_impl="chunked"), dataclasses.replace(off, loss_impl="auto"),
-             dataclasses.replace(off, pack=True), dataclasses.replace(off, ac="selective")]
+    alone = [
+        dataclasses.replace(off, vet_impl="chunked"),
+        dataclasses.replace(off, loss_impl="auto"),
+        dataclasses.replace(off, pack=True),
+        dataclasses.replace(off, ac="selective"),
+    ]
     compile_alone = [dataclasses.replace(off, compile=True)] if device == "cuda" else []
     return [off, *alone, device_defaults(device), *compile_alone]
 
@@ -282,12 +341,16 @@ def print_table(rows: list[Row], header: str) -> None:
     print("| model | step ms | samples/s | × | tokens/s | × | peak MiB | × | first loss |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.name} | {r.step_ms:.1f} | {r.samples_s:.2f} | {r.samples_s / ref.samples_s:.2f} | "
-              f"{r.tokens_s:,.0f} | {r.tokens_s / ref.tokens_s:.2f} | {r.peak_mib:,.1f} | "
-              f"{ref.peak_mib / max(r.peak_mib, 1e-9):.2f} | {r.first_loss:.5f} |")
+        print(
+            f"| {r.name} | {r.step_ms:.1f} | {r.samples_s:.2f} | {r.samples_s / ref.samples_s:.2f} | "
+            f"{r.tokens_s:,.0f} | {r.tokens_s / ref.tokens_s:.2f} | {r.peak_mib:,.1f} | "
+            f"{ref.peak_mib / max(r.peak_mib, 1e-9):.2f} | {r.first_loss:.5f} |"
+        )
     mem = "torch.cuda.max_memory_allocated" if rows and header.find("cuda") >= 0 else "torch CPU allocations"
-    print(f"×: against {ref.name} (higher is better; memory: its peak / this peak). peak: extra memory of "
-          f"one training step over weights + optimizer state ({mem}).")
+    print(
+        f"×: against {ref.name} (higher is better; memory: its peak / this peak). peak: extra memory of "
+        f"one training step over weights + optimizer state ({mem})."
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -299,7 +362,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="cuda: bf16, cpu: fp32")
     p.add_argument("--attn", default="sdpa", help="attention implementation of both models")
     p.add_argument("--threads", type=int, default=None)
@@ -322,8 +387,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
-    header = (f"train step, size {args.size}, {args.crops} crop(s) + ≤{args.text_len} text, batch {args.batch}, "
-              f"{args.steps} steps, {args.device}, {dtype}, attn {args.attn}, torch {torch.__version__}")
+    header = (
+        f"train step, size {args.size}, {args.crops} crop(s) + ≤{args.text_len} text, batch {args.batch}, "
+        f"{args.steps} steps, {args.device}, {dtype}, attn {args.attn}, torch {torch.__version__}"
+    )
     print(header, flush=True)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -58,13 +58,17 @@ def forward_with_fused_loss(
     """
     if not fused_loss_applies(llm):
         logger.info("loss_impl=%s: this LLM's logits are not a plain lm_head; using its own loss", impl)
-        return llm(inputs_embeds=inputs_embeds, labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
+        return llm(
+            inputs_embeds=inputs_embeds, labels=labels, num_items_in_batch=num_items_in_batch, **kwargs
+        )
     kwargs.pop("logits_to_keep", None)
     out = llm.base_model(inputs_embeds=inputs_embeds, **kwargs)
     hidden = out.last_hidden_state[:, :-1]  # [B, L-1, D]
     targets = labels[:, 1:].to(hidden.device)  # [B, L-1]
     weight = llm.get_output_embeddings().weight  # [V, D]
-    total = linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX, reduction="sum", impl=impl)
+    total = linear_cross_entropy(
+        hidden, weight, targets, ignore_index=IGNORE_INDEX, reduction="sum", impl=impl
+    )
     if num_items_in_batch is None:
         denominator = (targets != IGNORE_INDEX).sum().clamp(min=1)
     else:

@@ -57,7 +57,10 @@ def reference_linear_cross_entropy(
     """
     logits = F.linear(hidden, weight).float()  # [..., V]
     return F.cross_entropy(
-        logits.reshape(-1, weight.shape[0]), targets.reshape(-1), ignore_index=ignore_index, reduction=reduction
+        logits.reshape(-1, weight.shape[0]),
+        targets.reshape(-1),
+        ignore_index=ignore_index,
+        reduction=reduction,
     )
 
 

@@ -151,10 +151,10 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     from accelerate.utils import set_seed
 
     from openovis.data.collator import OvisCollator
-    from openovis.processing.packing import PackingCollator
-    from openovis.training.speed import apply_speed_levers
     from openovis.modeling.ovis import OvisForConditionalGeneration
+    from openovis.processing.packing import PackingCollator
     from openovis.training.param_groups import reinit_last_block
+    from openovis.training.speed import apply_speed_levers
 
     if resume not in (None, "auto"):
         raise ValueError(f"resume: use 'auto' (continue the run in output_dir), got {resume!r}")

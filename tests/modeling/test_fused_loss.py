@@ -22,8 +22,12 @@ def batch(model, g):
     mask[1, 35:] = 0
     labels[1, 35:] = IGNORE_INDEX
     s = cfg.crop_size
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "pixel_values": torch.randn(2, 3, s, s, generator=g)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "pixel_values": torch.randn(2, 3, s, s, generator=g),
+    }
 
 
 @pytest.mark.parametrize("num_items", [None, 17])
@@ -41,8 +45,9 @@ def test_chunked_loss_matches_reference(num_items):
     out_ours.loss.backward()
     grads_ref = dict(ref.named_parameters())
     for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, grads_ref[name].grad, rtol=1e-5, atol=1e-6,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            p.grad, grads_ref[name].grad, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_generation_and_plain_forward_unaffected():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openovis.ops.linear_ce import IGNORE_INDEX, linear_cross_entropy, liger_available
+from openovis.ops.linear_ce import IGNORE_INDEX, liger_available, linear_cross_entropy
 
 
 def make_inputs(n=53, d=24, v=301, ignore_frac=0.4, dtype=torch.float32, device="cpu", seed=0):
@@ -38,7 +38,12 @@ def test_matches_cross_entropy_fp32(reduction, budget_mb):
     hidden, weight, targets = make_inputs()
     want = loss_and_grads(expected, hidden, weight, targets, reduction=reduction)
     got = loss_and_grads(
-        linear_cross_entropy, hidden, weight, targets, reduction=reduction, impl="chunked",
+        linear_cross_entropy,
+        hidden,
+        weight,
+        targets,
+        reduction=reduction,
+        impl="chunked",
         memory_budget_mb=budget_mb,
     )
     for name, a, b in zip(["loss", "dh", "dW"], got, want, strict=True):
@@ -74,8 +79,12 @@ def test_deterministic_and_no_targets():
 
 def test_bf16_within_reference_noise():
     hidden, weight, targets = make_inputs(n=200, d=64, v=2000, ignore_frac=0.2)
-    exact = loss_and_grads(expected, hidden.detach().double().requires_grad_(),
-                           weight.detach().double().requires_grad_(), targets)
+    exact = loss_and_grads(
+        expected,
+        hidden.detach().double().requires_grad_(),
+        weight.detach().double().requires_grad_(),
+        targets,
+    )
     low = [hidden.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()]
     ref = loss_and_grads(expected, *low, targets)
     ours = loss_and_grads(linear_cross_entropy, *low, targets, impl="chunked", memory_budget_mb=0.5)

@@ -61,8 +61,11 @@ def test_packed_batch_gives_each_sample_its_own_loss(attn):
         out_p = model(**model_inputs(packed))
         out_s = model(**model_inputs(separate))
     lp, ls = token_losses(out_p.logits, packed["labels"]), token_losses(out_s.logits, separate["labels"])
-    got = [seg.sum() for row, lens in zip(lp, packed["sample_lengths"], strict=True) for seg in row.split(
-        [*lens, row.numel() - sum(lens)])[: len(lens)]]
+    got = [
+        seg.sum()
+        for row, lens in zip(lp, packed["sample_lengths"], strict=True)
+        for seg in row.split([*lens, row.numel() - sum(lens)])[: len(lens)]
+    ]
     want = [row.sum() for row in ls]
     torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=1e-5, atol=1e-5)
 

@@ -28,7 +28,9 @@ def assert_same(a, b, tol: float = 0.0) -> None:
     torch.testing.assert_close(a[0], b[0], rtol=tol, atol=tol)
     assert a[1].keys() == b[1].keys()
     for name in a[1]:
-        torch.testing.assert_close(a[1][name], b[1][name], rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            a[1][name], b[1][name], rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 @pytest.mark.parametrize("mode", ["selective", "full"])
@@ -38,13 +40,17 @@ def test_activation_checkpointing_is_exact(mode):
 
 def test_checkpointing_with_chunked_loss():
     plain = loss_and_grads(SpeedSpec())
-    assert_same(loss_and_grads(SpeedSpec(activation_checkpointing="selective"), loss_impl="chunked"), plain, 1e-5)
+    assert_same(
+        loss_and_grads(SpeedSpec(activation_checkpointing="selective"), loss_impl="chunked"), plain, 1e-5
+    )
 
 
 @pytest.mark.slow  # the CPU compile takes a minute or more on 2 cores
 def test_compiled_blocks_match():
     plain = loss_and_grads(SpeedSpec())
-    assert_same(loss_and_grads(SpeedSpec(compile_llm=True, activation_checkpointing="selective")), plain, 1e-5)
+    assert_same(
+        loss_and_grads(SpeedSpec(compile_llm=True, activation_checkpointing="selective")), plain, 1e-5
+    )
 
 
 def test_spec_is_validated():
@@ -63,8 +69,10 @@ def test_levers_apply_once_and_parse_from_a_recipe():
     forwards = [block.forward for block in model.llm.model.layers]
     apply_speed_levers(model, spec)
     assert [block.forward for block in model.llm.model.layers] == forwards
-    data = {"stages": [{"name": "s", "data": [{"path": "x.json"}], "module_lr": {"all": 1e-3}}],
-            "speed": {"activation_checkpointing": "selective", "pack_length": 512}}
+    data = {
+        "stages": [{"name": "s", "data": [{"path": "x.json"}], "module_lr": {"all": 1e-3}}],
+        "speed": {"activation_checkpointing": "selective", "pack_length": 512},
+    }
     recipe = parse(Recipe, data, "")
     assert recipe.speed == SpeedSpec(activation_checkpointing="selective", pack_length=512)
     assert parse(Recipe, {k: v for k, v in data.items() if k != "speed"}, "").speed == SpeedSpec()
