@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import PAD, SIZES, build_hf, build_ours, make_samples  # noqa: E402
 
-from openovis.data.collator import OvisCollator  # noqa: E402
+from openovis.processing.collator import OvisCollator  # noqa: E402
 
 
 @dataclass

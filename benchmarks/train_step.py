@@ -46,7 +46,7 @@ from transformers.models.ovis2.configuration_ovis2 import Ovis2VisionConfig
 
 from openovis.constants import IGNORE_INDEX
 from openovis.convert import hf_ovis2_to_openovis
-from openovis.data.collator import OvisCollator, model_inputs
+from openovis.processing.collator import OvisCollator, model_inputs
 from openovis.processing.packing import PackingCollator
 from openovis.training.speed import SpeedSpec, apply_speed_levers
 

@@ -20,7 +20,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from openovis.ops.linear_ce import IGNORE_INDEX, linear_cross_entropy
+from openovis.constants import IGNORE_INDEX
+from openovis.ops.linear_ce import linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 

@@ -24,17 +24,18 @@ from __future__ import annotations
 import logging
 import math
 from functools import cache
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from openovis.ops.vet import _addmm_acc, _compute_dtype
+from openovis.constants import IGNORE_INDEX
+from openovis.ops.vet import _addmm_acc
+from openovis.ops.vet_reference import _compute_dtype
+from openovis.options import LossImpl, check_choice
 
 logger = logging.getLogger(__name__)
 
-LossImpl = Literal["reference", "chunked", "liger", "auto"]
-IGNORE_INDEX = -100
 #: Default working-set budget of one chunk's logits, in MiB (fp32 logits + their model-dtype copy).
 DEFAULT_BUDGET_MB = {"cuda": 512.0, "cpu": 64.0}
 
@@ -132,17 +133,12 @@ def liger_available(device: torch.device) -> bool:
 
 
 def _select_impl(impl: LossImpl, device: torch.device) -> str:
-    _check_literal(impl)
+    check_choice("loss impl", impl, LossImpl)
     if impl == "auto":
         return "liger" if liger_available(device) else "chunked"
     if impl == "liger" and not liger_available(device):
         raise ValueError("loss impl 'liger': needs CUDA and `pip install liger-kernel`")
     return impl
-
-
-def _check_literal(impl: str) -> None:
-    if impl not in get_args(LossImpl):
-        raise ValueError(f"loss impl: must be one of {get_args(LossImpl)}, got {impl!r}")
 
 
 def linear_cross_entropy(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from openovis.constants import IGNORE_INDEX
-from openovis.data.skips import SkippedSample
+from openovis.skips import SkippedSample
 
 
 def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from openovis.options import check_choice
 
 ActivationCheckpointing = Literal["off", "selective", "full"]
 
@@ -43,11 +45,7 @@ class SpeedSpec:
     """Pack samples into rows of this many tokens (None: pad each batch to its longest sample)."""
 
     def __post_init__(self) -> None:
-        if self.activation_checkpointing not in get_args(ActivationCheckpointing):
-            raise ValueError(
-                f"activation_checkpointing: must be one of {get_args(ActivationCheckpointing)}, "
-                f"got {self.activation_checkpointing!r}"
-            )
+        check_choice("activation_checkpointing", self.activation_checkpointing, ActivationCheckpointing)
         if self.pack_length is not None and self.pack_length < 1:
             raise ValueError(f"pack_length: must be >= 1, got {self.pack_length}")
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from openovis import build_model
 from openovis.constants import IGNORE_INDEX
-from openovis.data.collator import OvisCollator, model_inputs
-from openovis.data.skips import SkippedSample, SkipReason
+from openovis.processing.collator import OvisCollator, model_inputs
 from openovis.processing.packing import PackingCollator, pack_rows
+from openovis.skips import SkippedSample, SkipReason
 
 PAD = 0
 
