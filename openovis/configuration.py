@@ -15,7 +15,7 @@ from typing import Any
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
 from openovis.constants import IMAGE_ATOM, INDICATOR_TOKENS_OVIS2
-from openovis.options import CONNECTORS, BackboneFeature, TokenizeFunction, VetImpl, check_choice
+from openovis.options import CONNECTORS, BackboneFeature, LossImpl, TokenizeFunction, VetImpl, check_choice
 
 
 def _sub_config(value: Any, field: str) -> PretrainedConfig | None:
@@ -47,6 +47,9 @@ class OvisConfig(PretrainedConfig):
             LLaVA-style projector baseline of the paper's ablation), or one a user registers.
         mlp_hidden_size: Hidden width of the MLP connector (default: the LLM width).
         vet_impl: Which implementation computes ``softmax(LN(xW)) @ E`` (see `openovis.ops.vet`).
+        loss_impl: How a forward with labels computes the LM loss: ``reference`` (the LLM's own, with
+            logits), or without ``[tokens, vocab]`` logits (``chunked`` | ``liger`` | ``auto``, see
+            `openovis.ops.linear_ce`; the output's ``logits`` are then None).
         backbone_feature: ``pre_norm`` takes the encoder's last hidden state before any final norm (official
             Ovis); ``post_norm`` applies it (transformers' Ovis2).
         head_norm_eps: LayerNorm epsilon of the visual head.
@@ -71,6 +74,7 @@ class OvisConfig(PretrainedConfig):
         connector: str = "vet",
         mlp_hidden_size: int | None = None,
         vet_impl: VetImpl = "auto",
+        loss_impl: LossImpl = "reference",
         backbone_feature: BackboneFeature = "pre_norm",
         head_norm_eps: float = 1e-5,
         vte_init_std: float = 0.02,
@@ -89,6 +93,7 @@ class OvisConfig(PretrainedConfig):
         self.connector = connector
         self.mlp_hidden_size = mlp_hidden_size
         self.vet_impl = vet_impl
+        self.loss_impl = loss_impl
         self.backbone_feature = backbone_feature
         self.head_norm_eps = head_norm_eps
         self.vte_init_std = vte_init_std
@@ -102,6 +107,7 @@ class OvisConfig(PretrainedConfig):
     def _validate(self) -> None:
         check_choice("tokenize_function", self.tokenize_function, TokenizeFunction)
         check_choice("vet_impl", self.vet_impl, VetImpl)
+        check_choice("loss_impl", self.loss_impl, LossImpl)
         check_choice("backbone_feature", self.backbone_feature, BackboneFeature)
         if self.connector not in CONNECTORS:
             raise ValueError(

@@ -1,4 +1,4 @@
-"""The modes a model config or the VET op may take: one ``Literal`` each, and the one check against it.
+"""The modes a model config or an op (VET, linear CE) may take: one ``Literal`` each, and its check.
 
 A leaf module (it imports nothing from openovis), so that the configuration, the ops and the
 converters share one declaration of every mode. Connectors are the one open set: not a ``Literal``
@@ -17,6 +17,10 @@ VetImpl = Literal["reference", "chunked", "auto"]
 
 RowKernels = Literal["auto", "triton", "torch"]
 """The chunked VET op's LayerNorm/softmax row ops: Triton on CUDA when importable, or torch."""
+
+LossImpl = Literal["reference", "chunked", "liger", "auto"]
+"""How a forward with labels computes the LM loss: the LLM's own (``reference``, with logits), or without
+``[tokens, vocab]`` logits (`openovis.ops.linear_ce.linear_cross_entropy`)."""
 
 BackboneFeature = Literal["pre_norm", "post_norm"]
 """The backbone's last hidden state before (official Ovis) or after (transformers' Ovis2) its final norm."""

@@ -174,6 +174,20 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
                 raise ValueError("input_ids: required when inputs_embeds is not given")
             past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, past_length)
+        if labels is not None and self.config.loss_impl != "reference":  # loss without [B, L, V] logits
+            from openovis.modeling.fused_loss import forward_with_fused_loss
+
+            return forward_with_fused_loss(
+                self.llm,
+                self.config.loss_impl,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                labels=labels,
+                use_cache=use_cache,
+                **kwargs,
+            )
         return self.llm(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

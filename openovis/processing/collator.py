@@ -36,7 +36,11 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
 
 def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a batch to pass to the model (``model(**model_inputs(batch))``)."""
-    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    if "position_ids" in batch:  # packed rows (processing/packing.py): transformers keeps the samples
+        inputs.pop("attention_mask", None)  # apart by their position ids only with no 2-D mask and no cache
+        inputs |= {"position_ids": batch["position_ids"], "use_cache": False}
+    return inputs
 
 
 def pad_sequences(

@@ -30,6 +30,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from openovis.training.speed import SpeedSpec
+
 MODULE_KEYS = (
     "all",
     "llm",
@@ -188,6 +190,8 @@ class Recipe:
     """Autocast precision (bf16 on GPUs, fp32 on CPU)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward to save memory."""
+    speed: SpeedSpec = field(default_factory=SpeedSpec)
+    """Training-speed levers: compile, activation checkpointing, packing (`openovis.training.speed`)."""
     num_workers: int = 0
     """DataLoader workers per process."""
     generate: GeneratedDataSpec | None = None

@@ -155,7 +155,9 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     from accelerate.utils import set_seed
 
     from openovis.processing.collator import OvisCollator
+    from openovis.processing.packing import PackingCollator
     from openovis.training.param_groups import reinit_last_block
+    from openovis.training.speed import apply_speed_levers
 
     if resume not in (None, "auto"):
         raise ValueError(f"resume: use 'auto' (continue the run in output_dir), got {resume!r}")
@@ -182,6 +184,9 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
             reinit_last_block(model)
         dataset = stage_dataset(stage, processor, data_root, recipe.seed + i)
         collate = OvisCollator.from_processor(processor, "right")
+        if recipe.speed.pack_length:  # speed levers (openovis/training/speed.py)
+            collate = PackingCollator.from_processor(processor, recipe.speed.pack_length)
+        apply_speed_levers(model, recipe.speed)
         model, lora = _maybe_lora(model, stage)
         result = train_stage(
             accelerator,
