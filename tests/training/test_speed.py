@@ -71,6 +71,7 @@ def test_levers_apply_once_and_parse_from_a_recipe():
     assert [block.forward for block in model.llm.model.layers] == forwards
     data = {
         "stages": [{"name": "s", "data": [{"path": "x.json"}], "module_lr": {"all": 1e-3}}],
+        "model": {"preset": "tiny", "tokenizer": "tok"},
         "speed": {"activation_checkpointing": "selective", "pack_length": 512},
     }
     recipe = parse(Recipe, data, "")
