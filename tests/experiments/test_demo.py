@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from openovis.cli import app
-from openovis.demo import DemoConfig, run_demo, summary_lines
+from openovis.experiments.demo import DemoConfig, run_demo, summary_lines
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,8 @@ def test_demo_command_passes_its_options(tmp_path, monkeypatch):
         seen["cfg"] = cfg
         return {}
 
-    monkeypatch.setattr("openovis.demo.run_demo", fake)
-    monkeypatch.setattr("openovis.demo.summary_lines", lambda results, out: ["ok"])
+    monkeypatch.setattr("openovis.experiments.demo.run_demo", fake)
+    monkeypatch.setattr("openovis.experiments.demo.summary_lines", lambda results, out: ["ok"])
     args = ["demo", "--out", str(tmp_path), "--seeds", "3", "--steps", "2", "--no-progress"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -104,3 +104,5 @@ def test_demo_command_passes_its_options(tmp_path, monkeypatch):
     assert (cfg.out, cfg.seeds, cfg.steps, cfg.quick, cfg.progress) == (tmp_path, 3, 2.0, False, False)
     with pytest.raises(ValueError, match="steps: the step multiplier must be > 0"):
         DemoConfig(steps=0)
+    with pytest.raises(ValueError, match="device: must be one of"):
+        DemoConfig(device="gpu")
