@@ -29,7 +29,8 @@ embedding takes C*T input channels; the official one takes C and cannot run T > 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,7 @@ class NavitConfig(PretrainedConfig):
         return [int(i) for i in v]
 
     @classmethod
-    def from_official(cls, vit_config: Mapping[str, Any]) -> "NavitConfig":
+    def from_official(cls, vit_config: Mapping[str, Any]) -> NavitConfig:
         """From the official ``vit_config`` dict (``model_type: siglip2_navit``) of an Ovis2.5 config.json."""
         keys = cls().to_dict().keys()
         return cls(**{k: v for k, v in vit_config.items() if k in keys and k not in ("model_type",)})
@@ -150,7 +151,9 @@ def window_order(grid_thw: torch.Tensor, window_units: int) -> tuple[torch.Tenso
 # --------------------------------------------------------------------------- attention
 
 
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], scale: float) -> torch.Tensor:
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], scale: float
+) -> torch.Tensor:
     """Softmax attention within consecutive segments of ``[N, H, Dh]`` rows; returns ``[N, H, Dh]``."""
     n = q.shape[0]
     if _flash_varlen is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
@@ -173,7 +176,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
     def batch(x: torch.Tensor) -> torch.Tensor:
         return x[gather].permute(0, 2, 1, 3)  # [S, H, Lmax, Dh]
 
-    out = F.scaled_dot_product_attention(batch(q), batch(k), batch(v), attn_mask=valid[:, None, None, :], scale=scale)
+    out = F.scaled_dot_product_attention(
+        batch(q), batch(k), batch(v), attn_mask=valid[:, None, None, :], scale=scale
+    )
     return out.permute(0, 2, 1, 3)[valid]  # [N, H, Dh], segments are contiguous and in order
 
 
@@ -211,7 +216,9 @@ class NavitEmbeddings(nn.Module):
             x = self.patch_embedding(pixel_values.to(w.dtype))
         else:
             p = cfg.patch_size
-            x = self.patch_embedding(pixel_values.to(w.dtype).view(-1, w.shape[1], p, p)).view(-1, cfg.hidden_size)
+            x = self.patch_embedding(pixel_values.to(w.dtype).view(-1, w.shape[1], p, p)).view(
+                -1, cfg.hidden_size
+            )
         if not cfg.preserve_original_pe:
             return x
         g, s = self.position_embedding_size, cfg.hidden_stride
@@ -238,7 +245,9 @@ class NavitAttention(nn.Module):
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, lengths: list[int], rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, lengths: list[int], rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
         n = x.shape[0]
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(n, self.num_heads, self.head_dim)
@@ -288,7 +297,9 @@ class NavitEncoder(nn.Module):
         s = self.config.hidden_stride
         pos = []
         for t, h, w in grid_thw.tolist():
-            yx = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).view(h * w, 2)
+            yx = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).view(
+                h * w, 2
+            )
             pos.append(yx[merge_unit_permutation(1, h, w, s)].repeat(t, 1))
         pos = torch.cat(pos).to(self.inv_freq.device)
         return (pos[:, :, None].float() * self.inv_freq[None, None, :]).flatten(1)  # [N, 2 * f]
@@ -304,7 +315,9 @@ class NavitEncoder(nn.Module):
         if full is not None:
             window_units = cfg.window_size // s // cfg.patch_size
             if window_units < 1:
-                raise ValueError(f"window_size {cfg.window_size} is smaller than one merge unit ({s * cfg.patch_size} px)")
+                raise ValueError(
+                    f"window_size {cfg.window_size} is smaller than one merge unit ({s * cfg.patch_size} px)"
+                )
             units = grid_thw.clone()
             units[:, 1:] //= s
             order, lengths = window_order(units, window_units)
@@ -393,7 +406,9 @@ class NavitModel(PreTrainedModel):
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows, grid_thw describes {expected}")
         s = self.config.hidden_stride
         if bool(((grid_thw[:, 1:] % s) != 0).any()):
-            raise ValueError(f"grid_thw heights and widths must be multiples of hidden_stride {s}: {grid_thw.tolist()}")
+            raise ValueError(
+                f"grid_thw heights and widths must be multiples of hidden_stride {s}: {grid_thw.tolist()}"
+            )
         vm = self.vision_model
         x = vm.embeddings(pixel_values, grid_thw)
         x, states = vm.encoder(x, grid_thw, output_hidden_states)
@@ -402,7 +417,9 @@ class NavitModel(PreTrainedModel):
         return (x, states) if output_hidden_states else x
 
 
-def official_vit_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str = "visual_tokenizer.vit.") -> dict:
+def official_vit_state_dict(
+    state_dict: Mapping[str, torch.Tensor], prefix: str = "visual_tokenizer.vit."
+) -> dict:
     """The ``NavitModel`` state dict inside an official Ovis2.5 state dict: the keys under ``prefix``
     with it stripped (no other renaming: the module names are the official ones)."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}

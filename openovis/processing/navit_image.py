@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -160,7 +160,11 @@ def patchify(frames: np.ndarray, cfg: NavitImageConfig) -> tuple[torch.Tensor, t
 
 
 def process_frames(
-    frames: Sequence[Image.Image], cfg: NavitImageConfig, *, min_pixels: int | None = None, max_pixels: int | None = None
+    frames: Sequence[Image.Image],
+    cfg: NavitImageConfig,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> NavitProcessed:
     """Frames (one for an image) -> packed rows; every frame is resized to the first one's size."""
     if not frames:
@@ -184,7 +188,9 @@ def process_image(img: Image.Image, cfg: NavitImageConfig, **budget: int | None)
     return process_frames([img], cfg, **budget)
 
 
-def process_video(frames: Sequence[Image.Image], cfg: NavitImageConfig, **budget: int | None) -> NavitProcessed:
+def process_video(
+    frames: Sequence[Image.Image], cfg: NavitImageConfig, **budget: int | None
+) -> NavitProcessed:
     """Video frames -> packed rows with ``t = ceil(len(frames) / T)`` temporal patches."""
     return process_frames(frames, cfg, **budget)
 

@@ -7,7 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openovis.modeling.navit import NavitConfig, NavitModel, merge_units, official_vit_state_dict, window_order
+from openovis.modeling.navit import (
+    NavitConfig,
+    NavitModel,
+    merge_units,
+    official_vit_state_dict,
+    window_order,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "ovis25"
 OUT = load_file(str(FIXTURES / "outputs.safetensors"))
@@ -44,10 +50,16 @@ def test_encoder_matches_official_window_and_full_attention_rope():
     torch.testing.assert_close(states[0], OUT["vit.hidden_first"], **TOL)
     torch.testing.assert_close(model(pv, grid, feature="post_norm"), OUT["vit.post_layernorm"], **TOL)
     # the Ovis2.5 visual tokenizer on top: merge units -> head -> softmax -> n zero columns
-    head = torch.nn.Sequential(torch.nn.Linear(sd["visual_tokenizer.head.0.weight"].shape[1], 60, bias=False),
-                               torch.nn.LayerNorm(60))
-    head.load_state_dict({k[len("visual_tokenizer.head."):]: v for k, v in sd.items()
-                          if k.startswith("visual_tokenizer.head.")})
+    head = torch.nn.Sequential(
+        torch.nn.Linear(sd["visual_tokenizer.head.0.weight"].shape[1], 60, bias=False), torch.nn.LayerNorm(60)
+    )
+    head.load_state_dict(
+        {
+            k[len("visual_tokenizer.head.") :]: v
+            for k, v in sd.items()
+            if k.startswith("visual_tokenizer.head.")
+        }
+    )
     probs = torch.softmax(head(merge_units(feats, 2)), -1)
     probs = torch.cat([probs, probs.new_zeros(probs.shape[0], 4)], -1)
     torch.testing.assert_close(probs, OUT["vit.probs"], **TOL)
@@ -80,9 +92,17 @@ def test_window_order_covers_every_unit_once():
 
 @torch.no_grad()
 def test_temporal_patch_size_2_runs_and_frames_are_separate_sequences():
-    cfg = NavitConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      image_size=64, patch_size=16, temporal_patch_size=2, window_size=64,
-                      fullatt_block_indexes=[1])
+    cfg = NavitConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        temporal_patch_size=2,
+        window_size=64,
+        fullatt_block_indexes=[1],
+    )
     model = NavitModel(cfg).eval()
     grid = torch.tensor([[2, 2, 4]])
     pv = torch.randn(16, 3 * 2 * 16 * 16)
@@ -93,8 +113,11 @@ def test_temporal_patch_size_2_runs_and_frames_are_separate_sequences():
 
 
 def test_bad_inputs_are_refused():
-    model = NavitModel(NavitConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, image_size=64)).eval()
+    model = NavitModel(
+        NavitConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=64
+        )
+    ).eval()
     with pytest.raises(ValueError, match="rows"):
         model(torch.zeros(3, 768), torch.tensor([[1, 2, 2]]))
     with pytest.raises(ValueError, match="multiples"):

@@ -36,11 +36,7 @@ def sha(t):
     return hashlib.sha256(np.ascontiguousarray(t.numpy().astype("<f4")).tobytes()).hexdigest()
 
 
-CASES = [
-    (i, h, w, tag)
-    for i, (h, w) in enumerate(IMAGE_SIZES)
-    for tag in ("small", "default", "chat")
-]
+CASES = [(i, h, w, tag) for i, (h, w) in enumerate(IMAGE_SIZES) for tag in ("small", "default", "chat")]
 
 
 @pytest.mark.parametrize("i,h,w,tag", CASES, ids=[f"h{h}_w{w}-{t}" for _, h, w, t in CASES])
