@@ -122,3 +122,42 @@ def test_bad_inputs_are_refused():
         model(torch.zeros(3, 768), torch.tensor([[1, 2, 2]]))
     with pytest.raises(ValueError, match="multiples"):
         model(torch.zeros(3, 768), torch.tensor([[1, 1, 3]]))
+
+
+@torch.no_grad()
+def test_ovis25_logits_from_the_encoder_head_vet_and_llm_composed_by_hand():
+    """The executable spec of the Ovis2.5 wiring that remains (docs/conversion.md, "Ovis2.5"):
+    NaViT -> merge units -> head (K-4 columns) -> softmax -> 4 zero columns -> VET; one atom per
+    visual token; indicators -301..-304 are VET rows K-4..K-1; Qwen3 on the spliced embeddings."""
+    from transformers import AutoModelForCausalLM
+
+    from openovis.configuration import _sub_config
+
+    model, sd, config = load_vit()
+    feats = model(OUT["model.pixel_values"].float(), OUT["model.grid_thw"])
+    logits = torch.nn.functional.linear(merge_units(feats, 2), sd["visual_tokenizer.head.0.weight"])
+    n_words = logits.shape[-1]
+    logits = torch.nn.functional.layer_norm(
+        logits, (n_words,), sd["visual_tokenizer.head.1.weight"], sd["visual_tokenizer.head.1.bias"]
+    )
+    vte = sd["vte.weight"]
+    n_indicators = vte.shape[0] - n_words
+    assert n_indicators == 4
+    probs = torch.cat([logits.softmax(-1), logits.new_zeros(logits.shape[0], n_indicators)], -1)
+    torch.testing.assert_close(probs, OUT["model.probs"], **TOL)
+    visual = probs @ vte  # [tokens, D]
+    torch.testing.assert_close(visual, OUT["model.visual_embeds"], **TOL)
+
+    llm = AutoModelForCausalLM.from_config(_sub_config(config["llm_config"], "llm_config")).eval()
+    result = llm.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("llm.")}, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}  # tied
+    ids = OUT["model.input_ids"]
+    text = llm.get_input_embeddings()(ids.clamp(min=0))
+    atoms = (ids == -300).nonzero().flatten()
+    assert len(atoms) == visual.shape[0]  # one atom per visual token (3 for the 37x100 image)
+    text[atoms] = visual
+    for i in range(n_indicators):
+        text[ids == -301 - i] = vte[n_words + i]
+    torch.testing.assert_close(text, OUT["model.inputs_embeds"], **TOL)
+    out = llm(inputs_embeds=text[None]).logits[0]
+    torch.testing.assert_close(out, OUT["model.logits"], **TOL)
