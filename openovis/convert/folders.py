@@ -321,10 +321,12 @@ def openovis_folder_to_official(
             stats = {"image_mean": image["image_mean"], "image_std": image["image_std"]}
             stats |= {"size": {"height": side, "width": side}} if side else {}
             (dst / "preprocessor_config.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return [
-        "wrote the official layout; the tokenizer keeps the Ovis tokens (the official code ignores them), "
-        "and a SigLIP model has no pooling head (the official code does not use it)"
+    notes = [
+        "wrote the official layout; the tokenizer keeps the Ovis tokens (the official code ignores them)"
     ]
+    if config.vision_config.model_type.startswith("siglip"):
+        notes.append("SigLIP's attention-pooling head is not written (the official code does not use it)")
+    return notes
 
 
 # ---- one entry point --------------------------------------------------------------------------------
