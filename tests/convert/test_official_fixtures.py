@@ -8,6 +8,7 @@ bit-identical.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from openovis.convert import detect_layout, official_placeholder_map
 from openovis.convert.ovis2_hf import read_safetensors
 from openovis.inference import OvisPipeline
 from openovis.modeling.ovis import OvisForConditionalGeneration
+from openovis.processing.processor import OvisProcessor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 GENERATIONS = ["ovis16", "ovis2"]
@@ -192,3 +194,42 @@ def test_spare_embedding_rows_are_used_without_resizing(tmp_path) -> None:
     assert ours["text_config"]["vocab_size"] == rows
     assert max(ours["indicator_token_ids"]) < rows
     assert torch.equal(read_safetensors(tmp_path / "ours")[key], state[key])
+
+
+def _make_fixtures_module():
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.no_grad()
+def test_pipeline_inputs_from_the_image_match_the_official_ones(converted) -> None:
+    """End to end from the image: the converted folder's processor cuts the official crops and lays
+    them out as the official code does, so the model's logits are the official ones."""
+    generation, dst, _ = converted
+    fixtures = _make_fixtures_module()
+    outputs = load_file(FIXTURES / generation / "outputs.safetensors")
+    meta = json.loads((FIXTURES / generation / "meta.json").read_text())
+    image = fixtures.make_image(*fixtures.MODEL_IMAGE, seed=fixtures.IMAGE_SIZES.index(fixtures.MODEL_IMAGE))
+    pipe = OvisPipeline.from_pretrained(dst, device="cpu")
+    pipe.model.config.vet_impl = "reference"
+    sample = OvisProcessor.from_pretrained(dst, max_partition=meta["model"]["max_partition"])(
+        meta["model"]["prompt_text"], [image], mode="generate"
+    )
+    official_pixels = outputs["model.pixel_values"]  # stored in fp16
+    assert_close(sample["pixel_values"], official_pixels.float(), rtol=0, atol=1e-3)
+    pixel_values = sample["pixel_values"].half().float()
+    assert torch.equal(pixel_values, official_pixels.float())
+    expected = _official_inputs(pipe.model, meta, outputs["model.probs"].shape[1])[0]
+    ids = sample["input_ids"]
+    if generation == "ovis16":  # the fixture's byte-level BPE saved as Gemma (see docs): layout only
+        first, last = (expected >= pipe.model.config.image_atom_id).nonzero().flatten()[[0, -1]]
+        expected = expected[first : last + 1]
+        ids = ids[(ids >= pipe.model.config.image_atom_id).nonzero().flatten()[0] :][: len(expected)]
+    assert ids.tolist() == expected.tolist()
+    if generation == "ovis2":
+        logits = pipe.model(input_ids=ids[None], pixel_values=pixel_values).logits[0]
+        assert_close(
+            logits[:, : outputs["model.logits"].shape[1]], outputs["model.logits"], rtol=0, atol=1e-5
+        )
