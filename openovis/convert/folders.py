@@ -87,6 +87,18 @@ QWEN_TEMPLATE = (
 )
 """Ovis2's ``QwenConversationFormatter`` (ChatML) with its default system prompt."""
 
+QWEN3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if not enable_thinking | default(false) %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
+"""Ovis2.5's ``Qwen3ConversationFormatter`` (ChatML, no default system prompt): with thinking off (the
+default) the generation prompt ends with the empty ``<think>\n\n</think>\n\n`` preface; with
+``enable_thinking=True`` the model writes its own. Ready for the Ovis2.5 wiring (not yet used)."""
+
 FORMATTER_TEMPLATES = {
     "GemmaConversationFormatter": GEMMA_TEMPLATE,
     "QwenConversationFormatter": QWEN_TEMPLATE,

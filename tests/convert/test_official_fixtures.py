@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from openovis.cli import app
@@ -233,3 +234,15 @@ def test_pipeline_inputs_from_the_image_match_the_official_ones(converted) -> No
         assert_close(
             logits[:, : outputs["model.logits"].shape[1]], outputs["model.logits"], rtol=0, atol=1e-5
         )
+
+
+def test_ovis25_chat_template_renders_the_official_prompt() -> None:
+    from openovis.convert.folders import QWEN3_TEMPLATE
+
+    meta = json.loads((FIXTURES / "ovis25" / "meta.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "ovis25" / "model")
+    chat = [{"role": "user", "content": meta["model"]["prompt_text"]}]
+    kwargs = {"chat_template": QWEN3_TEMPLATE, "tokenize": False, "add_generation_prompt": True}
+    assert tokenizer.apply_chat_template(chat, **kwargs) == meta["model"]["formatted_prompt"]
+    thinking = tokenizer.apply_chat_template(chat, enable_thinking=True, **kwargs)
+    assert thinking == meta["model"]["formatted_prompt"].removesuffix(meta["model"]["generation_preface"])
