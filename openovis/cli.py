@@ -25,7 +25,7 @@ from typer.core import TyperGroup
 
 from openovis.experiments.ablation import AblationConfig
 from openovis.experiments.demo import DemoConfig
-from openovis.options import Device
+from openovis.options import ConversionTarget, Device
 from openovis.serving.cli import serve
 
 DEBUG_ENV = "OPENOVIS_DEBUG"
@@ -379,41 +379,60 @@ app.command("serve")(serve)
 
 @app.command("convert")
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint folder.")],
+    src: Annotated[
+        Path, typer.Argument(help="Source checkpoint folder (its layout is read off config.json).")
+    ],
     dst: Annotated[Path, typer.Argument(help="Output folder.")],
-    direction: Annotated[
-        Literal["hf-to-openovis", "openovis-to-hf", "official-to-openovis"],
-        typer.Option(help="Which way to convert."),
-    ] = "hf-to-openovis",
+    to: Annotated[ConversionTarget, typer.Option(help="Layout to write.")] = "openovis",
     official_numerics: Annotated[
         bool,
+        typer.Option(help="transformers Ovis2 -> openovis: the official pre-norm features, not post-norm."),
+    ] = False,
+    accept_post_norm: Annotated[
+        bool,
         typer.Option(
-            help="hf-to-openovis: use the official pre-norm features instead of transformers' post-norm."
+            help="--to hf-ovis2 of a pre-norm model: accept that transformers applies the final norm."
         ),
     ] = False,
-    image_atom_id: Annotated[
-        int | None, typer.Option(help="official-to-openovis: text id of <IMG_ATOM>.")
-    ] = None,
-    indicator_token_ids: Annotated[
-        str | None, typer.Option(help="official-to-openovis: comma-separated ids of the indicator tokens.")
+    accept_pre_norm: Annotated[
+        bool,
+        typer.Option(help="--to official of a post-norm model: accept that the official code skips it."),
+    ] = False,
+    direction: Annotated[
+        Literal["hf-to-openovis", "openovis-to-hf", "official-to-openovis"] | None,
+        typer.Option(help="Deprecated: the source layout is detected; use --to."),
     ] = None,
 ) -> None:
-    """Convert checkpoints between transformers' Ovis2, the official Ovis layout and openovis (see docs/conversion.md)."""
-    from openovis.convert import convert_hf_ovis2_checkpoint, convert_official_checkpoint
+    """Convert between the official Ovis 1.x/2 layout, transformers' Ovis2 and openovis (see docs/conversion.md)."""
+    from openovis.convert import convert_checkpoint, detect_layout
 
-    if direction == "hf-to-openovis":
-        feature = "pre_norm" if official_numerics else "post_norm"
-        out = convert_hf_ovis2_checkpoint(src, dst, "hf_to_openovis", backbone_feature=feature)
-    elif direction == "openovis-to-hf":
-        out = convert_hf_ovis2_checkpoint(src, dst, "openovis_to_hf")
-    else:  # official-to-openovis
-        if image_atom_id is None or indicator_token_ids is None:
+    if direction is not None:
+        expected, to = {
+            "hf-to-openovis": ("hf-ovis2", "openovis"),
+            "openovis-to-hf": ("openovis", "hf-ovis2"),
+            "official-to-openovis": ("official", "openovis"),
+        }[direction]
+        found = detect_layout(src)
+        if found != expected:
             raise typer.BadParameter(
-                "official checkpoints use placeholder ids: give --image-atom-id and --indicator-token-ids"
+                f"--direction {direction}: {src} is in the {found} layout, not {expected}"
             )
-        ids = [int(i) for i in indicator_token_ids.split(",")]
-        out = convert_official_checkpoint(src, dst, image_atom_id=image_atom_id, indicator_token_ids=ids)
-    typer.echo(f"wrote {out}")
+        typer.echo(f"--direction is deprecated: use `openovis convert SRC DST --to {to}`", err=True)
+    try:
+        notes = convert_checkpoint(
+            src,
+            dst,
+            to=to,
+            official_numerics=official_numerics,
+            accept_post_norm=accept_post_norm,
+            accept_pre_norm=accept_pre_norm,
+        )
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    for note in notes:
+        typer.echo(note)
+    typer.echo(f"wrote {dst}")
 
 
 def main() -> None:

@@ -28,6 +28,13 @@ BackboneFeature = Literal["pre_norm", "post_norm"]
 ConversionDirection = Literal["hf_to_openovis", "openovis_to_hf"]
 """Which way `openovis.convert.ovis2_hf` renames a checkpoint."""
 
+CheckpointLayout = Literal["official", "official-2.5", "hf-ovis2", "openovis"]
+"""The layout of a saved folder (`openovis.convert.folders.detect_layout`): the official AIDC-AI Ovis
+1.x/2 (``visual_tokenizer_config``) or 2.5 (``vit_config``), transformers' Ovis2, or openovis."""
+
+ConversionTarget = Literal["openovis", "official", "hf-ovis2"]
+"""The layout ``openovis convert --to`` writes."""
+
 Device = Literal["auto", "cpu", "cuda"]
 """Where a model runs: ``auto`` is CUDA when present, else the CPU (training picks its own through accelerate)."""
 

@@ -1,5 +1,7 @@
 """Checkpoint conversion: transformers' native Ovis2 and the official AIDC-AI Ovis layout (DESIGN §6).
 
+    convert_checkpoint(src, dst, to="openovis" | "official" | "hf-ovis2")   # any folder, layout detected
+
     hf_ovis2_to_openovis(hf_model)                 # Ovis2ForConditionalGeneration -> OvisForConditionalGeneration
     openovis_to_hf_ovis2(model)                    # and back (bit-identical round trip)
     convert_hf_ovis2_checkpoint(src, dst, "hf_to_openovis" | "openovis_to_hf")   # saved folders
@@ -9,6 +11,13 @@
 See docs/conversion.md for the key maps and the numerical differences between the layouts.
 """
 
+from openovis.convert.folders import (
+    check_official_compatible,
+    convert_checkpoint,
+    detect_layout,
+    official_config_from_openovis,
+    official_placeholder_map,
+)
 from openovis.convert.official import (
     convert_official_checkpoint,
     official_state_dict_to_openovis,
@@ -28,6 +37,11 @@ from openovis.convert.ovis2_hf import (
 )
 
 __all__ = [
+    "check_official_compatible",
+    "convert_checkpoint",
+    "detect_layout",
+    "official_config_from_openovis",
+    "official_placeholder_map",
     "check_hf_ovis2_compatible",
     "convert_hf_ovis2_checkpoint",
     "convert_official_checkpoint",

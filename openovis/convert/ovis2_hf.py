@@ -222,7 +222,7 @@ def check_hf_ovis2_compatible(config: OvisConfig, *, accept_post_norm: bool = Fa
     if config.backbone_feature == "pre_norm" and not accept_post_norm:
         problems.append(
             "backbone_feature='pre_norm': transformers' Ovis2 always applies the encoder's final RMSNorm; "
-            "pass accept_post_norm=True to export anyway (the exported model computes different logits)"
+            "pass accept_post_norm=True (--accept-post-norm) to export anyway (the exported model computes different logits)"
         )
     for field, neutral in _LOGIT_FIELDS.items():
         value = getattr(config.text_config, field, neutral)

@@ -109,7 +109,12 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
         cfg = self.config
         if cfg.image_atom_id is None:
             raise ValueError("image_atom_id: not set in the config; build the model with its tokenizer's ids")
-        embeds = self.get_input_embeddings()(input_ids)  # [B, L, D]
+        embedding = self.get_input_embeddings()
+        embeds = embedding(input_ids)  # [B, L, D]
+        # LLMs whose embedding multiplies by a scale (Gemma: sqrt(D)) scaled the whole inputs_embeds in
+        # transformers 4, visual rows included (so the official Ovis1.6 does); transformers 5 moved the
+        # scale into the embedding, so the visual and indicator rows get it here.
+        scale = getattr(embedding, "embed_scale", None)
         atoms = input_ids == cfg.image_atom_id  # [B, L]
         n_atoms = int(atoms.sum())
         if pixel_values is not None and (n_atoms > 0 or past_length == 0):
@@ -119,7 +124,10 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
                     f"image tokens and images do not match: the text has {n_atoms} atom tokens but "
                     f"{visual.shape[0]} crops give {visual.shape[0]} x {visual.shape[1]} visual tokens"
                 )
-            embeds = embeds.masked_scatter(atoms.unsqueeze(-1), visual.to(embeds.dtype))
+            visual = visual.to(embeds.dtype)
+            if scale is not None:
+                visual = visual * scale.to(embeds.dtype)
+            embeds = embeds.masked_scatter(atoms.unsqueeze(-1), visual)
         elif n_atoms > 0:
             raise ValueError(f"the text has {n_atoms} image atom tokens but no pixel_values were given")
         elif self._needs_dummy_image():
@@ -131,6 +139,8 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
         rows = self.connector.indicator_embeddings()  # [n, D], or None: indicators keep text embeddings
         if rows is not None and cfg.indicator_token_ids is not None:
             rows = rows.to(embeds.dtype)
+            if scale is not None:
+                rows = rows * scale.to(embeds.dtype)
             for i, token_id in enumerate(cfg.indicator_token_ids):
                 embeds = torch.where((input_ids == token_id).unsqueeze(-1), rows[i], embeds)
         return embeds
