@@ -216,6 +216,7 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
             # The next stage starts from the gathered weights as a plain module, sharded afresh.
             model = load_model(stage_dir / "final", config_overrides=forced)
             continue
+        result.prepared = None  # the wrapper is not needed past here; let it be freed
         model = _unwrap(accelerator, model, lora)
         summary["stages"].append(_finish_stage(accelerator, model, processor, stage, stage_dir, result))
     summary["seconds"] = time.perf_counter() - t0
