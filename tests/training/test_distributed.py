@@ -149,3 +149,13 @@ def test_the_fused_paths_read_weights_outside_their_modules_forward(overrides):
     partition_like_zero3(model)
     with torch.no_grad(), pytest.raises((RuntimeError, ValueError, ZeroDivisionError)):
         model(**batch)
+
+
+def test_forced_config_wins_when_a_saved_model_is_loaded(tmp_path):
+    from openovis.inference import load_model
+    from openovis.integrity import write_manifest
+
+    build_model("tiny", vet_impl="chunked", loss_impl="chunked").save_pretrained(tmp_path)
+    write_manifest(tmp_path)
+    config = load_model(tmp_path, config_overrides=ZERO3_CONFIG).config
+    assert (config.vet_impl, config.loss_impl) == ("reference", "reference")
