@@ -34,7 +34,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(folder: str | Path, dtype: torch.dtype | None = None, verify: bool = True) -> Any:
+def load_model(
+    folder: str | Path,
+    dtype: torch.dtype | None = None,
+    verify: bool = True,
+    config_overrides: dict[str, Any] | None = None,
+) -> Any:
     """Loads an `OvisForConditionalGeneration` saved with ``save_pretrained``, checking it first.
 
     The one loading path of inference, evaluation, chat and resumed training.
@@ -43,6 +48,7 @@ def load_model(folder: str | Path, dtype: torch.dtype | None = None, verify: boo
         folder: The model folder.
         dtype: Parameter dtype (None: as saved).
         verify: Check the files against the folder's manifest (sha256) before loading.
+        config_overrides: Config values that replace the saved ones (e.g. ``vet_impl``).
 
     Raises:
         FileNotFoundError: Not a model folder.
@@ -57,7 +63,7 @@ def load_model(folder: str | Path, dtype: torch.dtype | None = None, verify: boo
         raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
     if verify:
         verify_folder(folder)
-    kwargs = {} if dtype is None else {"dtype": dtype}
+    kwargs = ({} if dtype is None else {"dtype": dtype}) | dict(config_overrides or {})
     try:
         return OvisForConditionalGeneration.from_pretrained(folder, **kwargs)
     except (SafetensorError, OSError, EOFError) as err:

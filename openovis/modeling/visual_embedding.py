@@ -18,11 +18,12 @@ A visual token's embedding is the expectation of the embeddings of its visual wo
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from openovis.configuration import OvisConfig
 from openovis.modeling.connector import Connector, register_connector
-from openovis.ops.vet import reference_probs, vet_embed
+from openovis.ops.vet import tokenize_logits, vet_embed
 
 
 class VisualEmbeddingTable(nn.Embedding):
@@ -62,22 +63,23 @@ class VETConnector(Connector):
         return self.head(features)
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """``[C, T, F]`` -> the distributions the VET mixes ``[C, T, K]`` (fp32; indicator columns 0)."""
-        linear, norm = self.head
+        """``[C, T, F]`` -> the distributions the VET mixes ``[C, T, K]`` (fp32; indicator columns 0).
+
+        `reference_probs` computed through ``self.head``'s own forward, so that DeepSpeed ZeRO-3,
+        which gathers a module's weights only around its forward, can run it.
+        """
         cfg = self.config
-        return reference_probs(
-            features,
-            linear.weight,
-            norm.weight,
-            norm.bias,
-            num_indicators=cfg.num_indicators,
-            tokenize=cfg.tokenize_function,
-            temperature=cfg.tokenize_temperature,
-            eps=norm.eps,
-        )  # [C, T, K]
+        probs = tokenize_logits(self.head(features), cfg.tokenize_function, cfg.tokenize_temperature)
+        return F.pad(probs, (0, cfg.num_indicators))  # [C, T, K]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``[C, T, F]`` -> ``probabilities @ E`` ``[C, T, D]``, by the ``vet_impl`` the config names."""
+        """``[C, T, F]`` -> ``probabilities @ E`` ``[C, T, D]``, by the ``vet_impl`` the config names.
+
+        ``reference`` runs the modules' own forwards (`reference_vet`'s maths; what ZeRO-3 needs);
+        the other implementations read the weights directly.
+        """
+        if self.config.vet_impl == "reference":
+            return self.vte(self.probabilities(features))  # [C, T, K] @ [K, D] -> [C, T, D]
         linear, norm = self.head
         cfg = self.config
         return vet_embed(
@@ -95,4 +97,6 @@ class VETConnector(Connector):
 
     def indicator_embeddings(self) -> torch.Tensor:
         """The last n VET rows ``[n, D]``: indicator i is row ``K - n + i``."""
-        return self.vte.weight[self.config.visual_vocab_size - self.config.num_indicators :]
+        k, n = self.config.visual_vocab_size, self.config.num_indicators
+        rows = torch.arange(k - n, k, device=self.vte.weight.device)
+        return self.vte(rows)  # a lookup through the module, not a weight slice: ZeRO-3 gathers it

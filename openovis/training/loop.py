@@ -47,6 +47,7 @@ from openovis.training.checkpoint import (
     latest_verified_checkpoint,
     save_checkpoint,
 )
+from openovis.training.distributed import parameters_sharded
 from openovis.training.lora import trainable_under_lora
 from openovis.training.param_groups import param_groups
 from openovis.training.recipe import StageSpec
@@ -116,6 +117,8 @@ class StageResult:
     """Input tokens processed in that time, all processes."""
     skips: dict[str, Any]
     """Skip counts of the data pipeline."""
+    prepared: Any = None
+    """The model as `accelerate` prepared it (wrapped, possibly sharded): what the final save gathers."""
 
 
 def _supervised_tokens(batch: dict[str, Any]) -> int:
@@ -173,16 +176,6 @@ def monitor_statistics(
     return stats
 
 
-def _parameters_sharded(accelerator: Any) -> bool:
-    """FSDP and ZeRO-3 shard parameters: outside the wrapped forward they cannot be read whole."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = accelerator.state.deepspeed_plugin
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
-
-
 def train_stage(
     accelerator: Any,
     model: torch.nn.Module,
@@ -233,7 +226,7 @@ def train_stage(
         disable=not (progress and accelerator.is_main_process),
     )
     start_time, seen_tokens = time.perf_counter(), 0
-    monitor = accelerator.is_main_process and not _parameters_sharded(accelerator)
+    monitor = accelerator.is_main_process and not parameters_sharded(accelerator)
     while state.step < stage.max_steps:
         micro = [next(batches) for _ in range(stage.grad_accum)]
         for b in micro:
@@ -287,7 +280,7 @@ def train_stage(
     bar.close()
     state.skips = skips.counts
     save_checkpoint(accelerator, stage_dir, state)
-    return StageResult(state.losses, time.perf_counter() - start_time, seen_tokens, state.skips)
+    return StageResult(state.losses, time.perf_counter() - start_time, seen_tokens, state.skips, wrapped)
 
 
 def _load_checkpoint(accelerator: Any, ckpt: Path) -> None:

@@ -28,6 +28,12 @@ import torch
 from openovis.inference import load_model
 from openovis.integrity import write_manifest
 from openovis.training.checkpoint import mark_stage_done, stage_done
+from openovis.training.distributed import (
+    check_stage_supported,
+    forced_config,
+    parameters_sharded,
+    saved_final_model,
+)
 from openovis.training.loop import StageResult, train_stage
 from openovis.training.recipe import Recipe, StageSpec, TokenizerTrainingSpec
 
@@ -100,13 +106,16 @@ def prepare_tokenizer(recipe: Recipe, data_root: Path, accelerator: Any) -> Any:
     return AutoTokenizer.from_pretrained(spec)
 
 
-def build_initial_model(recipe: Recipe, tokenizer: Any) -> torch.nn.Module:
+def build_initial_model(
+    recipe: Recipe, tokenizer: Any, forced: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """The recipe's starting model; ``forced`` config values (see `forced_config`) win over the recipe's."""
     from openovis.builders import build_model
 
     spec = recipe.model
     if spec.checkpoint:
-        return load_model(spec.checkpoint)
-    overrides = dict(spec.overrides)
+        return load_model(spec.checkpoint, config_overrides=forced)
+    overrides = {**spec.overrides, **(forced or {})}
     return build_model(
         spec.preset, tokenizer=tokenizer, vision_path=spec.vision_path, llm_path=spec.llm_path, **overrides
     )
@@ -166,7 +175,8 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     set_seed(recipe.seed)
     data_root = prepare_data_root(recipe, accelerator, progress)
     tokenizer = prepare_tokenizer(recipe, data_root, accelerator)
-    model = build_initial_model(recipe, tokenizer)
+    forced = forced_config(accelerator)  # e.g. the VET and loss paths ZeRO-3 can gather
+    model = build_initial_model(recipe, tokenizer, forced)
     processor = build_processor(recipe, model, tokenizer)
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -176,7 +186,7 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     for i, stage in enumerate(recipe.stages):
         stage_dir = out / stage.name
         if resume and stage_done(stage_dir):
-            model = load_model(stage_dir / "final")
+            model = load_model(stage_dir / "final", config_overrides=forced)
             summary["stages"].append(json.loads((stage_dir / "stage_done.json").read_text()))
             continue
         set_seed(recipe.seed + i)
@@ -187,6 +197,7 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
         if recipe.speed.pack_length:  # speed levers (openovis/training/speed.py)
             collate = PackingCollator.from_processor(processor, recipe.speed.pack_length)
         apply_speed_levers(model, recipe.speed)
+        check_stage_supported(accelerator, stage.lora is not None)
         model, lora = _maybe_lora(model, stage)
         result = train_stage(
             accelerator,
@@ -200,6 +211,12 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
             resume=resume is not None,
             progress=progress,
         )
+        if parameters_sharded(accelerator):
+            summary["stages"].append(_finish_sharded_stage(accelerator, processor, stage, stage_dir, result))
+            # The next stage starts from the gathered weights as a plain module, sharded afresh.
+            model = load_model(stage_dir / "final", config_overrides=forced)
+            continue
+        result.prepared = None  # the wrapper is not needed past here; let it be freed
         model = _unwrap(accelerator, model, lora)
         summary["stages"].append(_finish_stage(accelerator, model, processor, stage, stage_dir, result))
     summary["seconds"] = time.perf_counter() - t0
@@ -230,6 +247,16 @@ def _unwrap(accelerator: Any, model: torch.nn.Module, lora: bool) -> torch.nn.Mo
     return model
 
 
+def _finish_sharded_stage(
+    accelerator: Any, processor: Any, stage: StageSpec, stage_dir: Path, result: StageResult
+) -> dict[str, Any]:
+    """`_finish_stage` for FSDP / ZeRO-3: the weights are gathered first (every process takes part)."""
+    model, state_dict = saved_final_model(accelerator, result.prepared, stage_dir / "final")
+    result.prepared = None
+    accelerator.free_memory()
+    return _finish_stage(accelerator, model, processor, stage, stage_dir, result, state_dict)
+
+
 def _finish_stage(
     accelerator: Any,
     model: torch.nn.Module,
@@ -237,8 +264,12 @@ def _finish_stage(
     stage: StageSpec,
     stage_dir: Path,
     result: StageResult,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Saves the stage's final model + processor, its loss curve and a one-line summary."""
+    """Saves the stage's final model + processor, its loss curve and a one-line summary.
+
+    ``state_dict``: the gathered weights when the model's own are sharded (`saved_final_model`).
+    """
     from openovis.plots import plot_losses
 
     losses = result.losses
@@ -257,7 +288,7 @@ def _finish_stage(
     if accelerator.is_main_process:
         final = stage_dir / "final"
         model.generation_config.update(**processor.generation_defaults())  # stop on <|im_end|> and eos
-        model.save_pretrained(final)
+        model.save_pretrained(final, state_dict=state_dict)  # official names via the conversion mapping
         processor.save_pretrained(final)
         write_manifest(final)
         (stage_dir / "losses.json").write_text(json.dumps(losses))
