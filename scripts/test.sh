@@ -10,7 +10,7 @@ if [ "${OPENOVIS_NO_CHROMIUM:-0}" != 1 ] && [ "$(id -u)" = 0 ] && [ -f /etc/debi
   && command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
   { apt-get install -y -qq chromium >/dev/null 2>&1 \
     || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
-    || echo "setup.sh: chromium not installed; the browser test will be skipped"
+    || echo "test.sh: chromium not installed; the browser test will be skipped"
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ${PYTHON:-python3} -m pytest -q -p no:cacheprovider "$@"
