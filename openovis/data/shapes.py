@@ -120,15 +120,24 @@ class ShapesConfig:
     """``(colour, shape)`` pairs never shown or named in training; they populate ``test_heldout``."""
     antialias: bool = True
     """Draw at 4× and box-filter down; False draws aliased shapes directly."""
+    qa_types: tuple[str, ...] = QUESTION_TYPES
+    """Question types of ``qa_train.json`` (from ``QUESTION_TYPES``); the test splits always use all seven."""
+    qa_turns: tuple[int, int] = (1, 3)
+    """Fewest and most questions (of distinct types) per ``qa_train.json`` conversation."""
+    simple_qa_types: tuple[str, ...] = ("color", "shape", "count")
+    """Types of ``qa_train_simple.json`` (none: the file is not written): for every training image one
+    single-turn sample per listed type, the first QA stage of a curriculum. Drawn from a random stream
+    of its own, so the other files do not depend on it."""
 
     def __post_init__(self) -> None:
-        for name in ("colors", "shapes"):
+        for name in ("colors", "shapes", "qa_types", "simple_qa_types", "qa_turns"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "heldout_pairs", tuple(tuple(p) for p in self.heldout_pairs))
         _check_ints(self)
         _check_vocab(self.colors, COLOR_RGB, "colors", minimum=4)
         _check_vocab(self.shapes, SHAPE_KINDS, "shapes", minimum=2)
         _check_heldout(self)
+        _check_questions(self)
 
     @property
     def all_pairs(self) -> tuple[Pair, ...]:
@@ -161,6 +170,22 @@ def _check_ints(config: ShapesConfig) -> None:
         raise ValueError(f"min_shapes: {config.min_shapes} > max_shapes {config.max_shapes}")
     if not isinstance(config.antialias, bool):
         raise ValueError(f"antialias: must be a bool, got {config.antialias!r}")
+
+
+def _check_questions(config: ShapesConfig) -> None:
+    """Known question types, and a valid range of turns per training conversation."""
+    for name in ("qa_types", "simple_qa_types"):
+        values = getattr(config, name)
+        unknown = [v for v in values if v not in QUESTION_TYPES]
+        if unknown or len(set(values)) != len(values):
+            raise ValueError(f"{name}: distinct names from {list(QUESTION_TYPES)}, got {list(values)}")
+    if not config.qa_types:
+        raise ValueError("qa_types: need at least one question type")
+    turns = config.qa_turns
+    if len(turns) != 2 or not all(isinstance(t, int) and not isinstance(t, bool) for t in turns):
+        raise ValueError(f"qa_turns: expected (min, max) ints, got {turns!r}")
+    if not 1 <= turns[0] <= turns[1] <= len(config.qa_types):
+        raise ValueError(f"qa_turns: need 1 <= min <= max <= {len(config.qa_types)} (qa_types), got {turns}")
 
 
 def _check_vocab(values: tuple[str, ...], known: Iterable[str], name: str, minimum: int) -> None:
@@ -652,6 +677,7 @@ class SplitData:
         qa: Question conversations (train: multi-turn; test: one question with its answer fields).
         corpus: Training text, one item per line.
         kinds: Type of every training question, in order.
+        simple_qa: Single-turn conversations of ``qa_train_simple.json`` (train, when configured).
     """
 
     scenes: list[dict[str, Any]] = field(default_factory=list)
@@ -660,6 +686,7 @@ class SplitData:
     qa: list[dict[str, Any]] = field(default_factory=list)
     corpus: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    simple_qa: list[dict[str, Any]] = field(default_factory=list)
 
 
 def image_path(split: str, index: int) -> str:
@@ -668,9 +695,10 @@ def image_path(split: str, index: int) -> str:
 
 
 def train_questions(scene: Scene, rng: np.random.Generator, config: ShapesConfig) -> list[Question]:
-    """1–3 questions of distinct types about a training scene."""
+    """``qa_turns`` (default 1–3) questions of distinct ``qa_types`` about a training scene."""
     ask = Ask(config, negatives=config.train_pairs)
-    kinds = [QUESTION_TYPES[int(k)] for k in rng.permutation(len(QUESTION_TYPES))[: int(rng.integers(1, 4))]]
+    types, (low, high) = config.qa_types, config.qa_turns
+    kinds = [types[int(k)] for k in rng.permutation(len(types))[: int(rng.integers(low, high + 1))]]
     questions = [q for kind in kinds if (q := QUESTION_FNS[kind](scene, rng, ask)) is not None]
     return questions or [ask_count(scene, rng, ask)]  # count always applies
 
@@ -694,6 +722,26 @@ def add_train_sample(
     for q in questions:
         data.corpus += [q.text.replace("\n", " "), q.answer]
     data.kinds += [q.kind for q in questions]
+    if config.simple_qa_types:
+        add_simple_samples(data, scene, index, config)
+
+
+SIMPLE_STREAM = 1
+"""Extra seed word of the random stream of ``qa_train_simple.json`` (independent of every other file)."""
+
+
+def add_simple_samples(data: SplitData, scene: Scene, index: int, config: ShapesConfig) -> None:
+    """One single-turn sample per ``simple_qa_types`` type about training image ``index``."""
+    rng = np.random.default_rng([config.seed, SPLITS.index("train"), index, SIMPLE_STREAM])
+    ask = Ask(config, negatives=config.train_pairs)
+    for kind in config.simple_qa_types:
+        q = QUESTION_FNS[kind](scene, rng, ask)
+        if q is None:
+            continue
+        turns = [_user(q.text, with_image=True), _gpt(q.answer)]
+        data.simple_qa.append(
+            {"id": f"qa-simple-{index:06d}-{kind}", "image": image_path("train", index), "conversations": turns}
+        )
 
 
 def test_sample(
@@ -807,6 +855,7 @@ def build_meta(config: ShapesConfig, train: SplitData, tests: dict[str, SplitDat
             "descriptions_train.json": len(train.descriptions),
             "qa_train.json": len(train.qa),
             "qa_train_questions": len(train.kinds),
+            **({"qa_train_simple.json": len(train.simple_qa)} if config.simple_qa_types else {}),
             "corpus_lines": len(train.corpus),
             **{f"qa_{s}.json": len(d.qa) for s, d in tests.items()},
         },
@@ -828,6 +877,9 @@ def write_outputs(root: Path, config: ShapesConfig, data: dict[str, SplitData]) 
     _write_jsonl(files["captions_train.jsonl"], train.captions)
     _write_json(files["descriptions_train.json"], train.descriptions)
     _write_json(files["qa_train.json"], train.qa)
+    if config.simple_qa_types:
+        files["qa_train_simple.json"] = root / "qa_train_simple.json"
+        _write_json(files["qa_train_simple.json"], train.simple_qa)
     for split, d in tests.items():
         files[f"qa_{split}.json"] = root / f"qa_{split}.json"
         _write_json(files[f"qa_{split}.json"], d.qa)
