@@ -81,7 +81,7 @@ def demo(
     steps: Annotated[
         float | None,
         typer.Option(
-            help="Multiplier of the tiny-shapes recipe's steps (default 0.5, 0.1 with --quick; e.g. 4 for a long run)."
+            help="Multiplier of the demo recipe's steps (tiny-shapes-curriculum; default 1, 0.1 with --quick; e.g. 2 for a long run)."
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import yaml
 
+from openovis.data.datasets import read_records as load_records_raw
+from openovis.evaluation.image_check import image_check
 from openovis.evaluation.runner import chance_levels, evaluate, load_records, majority_levels
 
 SPLITS = {"in-distribution": "qa_test_id.json", "held-out composition": "qa_test_heldout.json"}
@@ -314,6 +316,9 @@ def run(point: Run, ws: Workspace) -> dict[str, Any]:
         )
         evals[split] = result["metrics"]
     model = pipe.model
+    check = image_check(
+        model, pipe.processor, load_records_raw(ws.data / SPLITS["in-distribution"]), ws.data
+    )
     result = {
         "label": point.label,
         "seed": point.seed,
@@ -327,6 +332,7 @@ def run(point: Run, ws: Workspace) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "connector_params": connector_params(model),
         "eval": evals,
+        "image_check": {k: check[k] for k in ("own", "mismatched", "gap", "gap_per_type", "answer_tokens")},
     }
     if model.connector is None:
         images = sorted((ws.data / "images" / "test_id").glob("*.png"))[:64]
@@ -407,6 +413,8 @@ def _extras(results: dict[str, Any]) -> dict[str, dict[str, str]]:
         cells["effective vocab"] = (
             format_cell(mean_std([u["effective_vocab"] for u in usage]), seeds) if usage else "–"
         )
+        gaps = [r["image_check"]["gap"] for r in mine if "image_check" in r]
+        cells["image gap"] = format_cell(mean_std(gaps), seeds) if gaps else "–"
         cells["train s"] = f"{statistics.fmean(r['train_seconds'] for r in mine):.0f}"
         out[label] = cells
     return out

@@ -52,6 +52,9 @@ class OvisPreTrainedModel(PreTrainedModel):
         if isinstance(module, VisualEmbeddingTable):
             _init.normal_(module.weight, mean=0.0, std=self.config.vte_init_std)
         elif isinstance(module, nn.Linear):
+            connector = getattr(self, "connector", None)
+            if connector is not None and module is connector[-1] and self.config.mlp_out_init_std is not None:
+                std = self.config.mlp_out_init_std  # the MLP's output layer: visual tokens at a chosen scale
             _init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 _init.zeros_(module.bias)
