@@ -128,7 +128,12 @@ def tiny_shapes_config() -> OvisConfig:
     vocabulary is sized by the tokenizer the recipe trains.
     """
     vision = SiglipVisionConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, image_size=64, patch_size=8
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=8,
     )
     text = Qwen2Config(
         vocab_size=512,
@@ -249,7 +254,12 @@ register(
     )
 )
 register(
-    Preset("tiny-shapes", "the demo model: ViT 3x128 + LM 3x128, K=512, trained from scratch", tiny_shapes_config, max_partition=1)
+    Preset(
+        "tiny-shapes",
+        "the demo model: ViT 3x128 + LM 3x128, K=512, trained from scratch",
+        tiny_shapes_config,
+        max_partition=1,
+    )
 )
 register(
     Preset(

@@ -5,10 +5,85 @@ Each command calls one library function; `openovis COMMAND --help` documents eve
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
+
+from openovis.experiments.ablation import AblationConfig
+from openovis.experiments.demo import DemoConfig
+from openovis.options import Device
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstring under each field of a dataclass (the project's field-doc convention)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def dataclass_command(
+    cls: type, arguments: tuple[str, ...] = ()
+) -> Callable[[Callable[[Any], Any]], Callable[..., Any]]:
+    """Turns ``fn(config: cls)`` into a typer command whose options are ``cls``'s fields.
+
+    Each field becomes ``--field-name`` (or a positional argument when named in ``arguments``) with
+    its type, default and docstring as help, so an option is declared once, in the dataclass.
+    """
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+
+    def wrap(fn: Callable[[Any], Any]) -> Callable[..., Any]:
+        params = []
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            kind = typer.Argument if f.name in arguments else typer.Option
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = inspect.Parameter.empty
+            params.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=default,
+                    annotation=Annotated[hints[f.name], kind(help=docs.get(f.name, ""))],
+                )
+            )
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            return fn(cls(**kwargs))
+
+        command.__signature__ = inspect.Signature(params)
+        del command.__wrapped__
+        return command
+
+    return wrap
+
 
 app = typer.Typer(
     name="openovis",
@@ -61,74 +136,33 @@ def data_shapes(
         out, ShapesConfig(seed=seed, n_train=n_train, n_test=n_test, image_size=image_size)
     )
     if tokenizer:
-        from openovis.data.text_tokenizer import tokenizer_for_shapes
+        from openovis.data.text_tokenizer import tokenizer_from_corpus
 
-        tokenizer_for_shapes(out, out_dir=out / "tokenizer")
+        tokenizer_from_corpus(out / "corpus.txt", out_dir=out / "tokenizer")
     typer.echo(
         f"wrote {out} in {info['seconds']:.1f}s: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items())
     )
 
 
 @app.command("demo")
-def demo(
-    out: Annotated[Path, typer.Option(help="Report folder (data, runs, report.md, PNGs).")] = Path(
-        "demo_out"
-    ),
-    quick: Annotated[
-        bool, typer.Option(help="Smaller data and 1/10 of the steps: a smoke run of the whole pipeline.")
-    ] = False,
-    seeds: Annotated[int, typer.Option(help="Training seeds per connector (report shows mean ± std).")] = 1,
-    steps: Annotated[
-        float | None,
-        typer.Option(
-            help="Multiplier of the demo recipe's steps (tiny-shapes-curriculum; default 1, 0.1 with --quick; e.g. 2 for a long run)."
-        ),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
+@dataclass_command(DemoConfig)
+def demo(cfg: DemoConfig) -> None:
     """Train Ovis (VET) and its MLP-projector twin on Shapes World, evaluate both, and write a report."""
-    from openovis.demo import DemoConfig, run_demo, summary_lines
+    from openovis.experiments import demo as demo_lib
 
-    results = run_demo(DemoConfig(out=out, quick=quick, seeds=seeds, progress=progress, steps=steps))
-    typer.echo("\n".join(summary_lines(results, out)))
+    results = demo_lib.run_demo(cfg)
+    typer.echo("\n".join(demo_lib.summary_lines(results, cfg.out)))
 
 
 @app.command("ablate")
-def ablate(
-    experiment: Annotated[str, typer.Argument(help="connector | vocab | stages")],
-    seeds: Annotated[int, typer.Option(help="Training seeds per grid point (tables show mean ± std).")] = 1,
-    out: Annotated[
-        Path,
-        typer.Option(help="Workspace: data, runs (reused when already finished), results per experiment."),
-    ] = Path("ablate_out"),
-    quick: Annotated[
-        bool,
-        typer.Option(help="Smaller data, 1/10 of the steps, smaller grid: a smoke run, not a measurement."),
-    ] = False,
-    recipe: Annotated[
-        str, typer.Option(help="Base recipe (shipped name or path) on Shapes World.")
-    ] = "tiny-shapes",
-    values: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated grid instead of the default: K values (vocab), variants like 1+3 (stages)."
-        ),
-    ] = None,
-    steps: Annotated[
-        float | None, typer.Option(help="Multiplier of the recipe's steps (default 1, 0.1 with --quick).")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
+@dataclass_command(AblationConfig, arguments=("experiment",))
+def ablate(cfg: AblationConfig) -> None:
     """Run one of the paper's checks as a grid of training runs: a table (results.md) and a plot."""
-    from openovis.evaluation.ablation import AblationConfig, run_ablation, summary_lines
+    from openovis.experiments import ablation
 
-    grid = [v.strip() for v in values.split(",") if v.strip()] if values else []
-    cfg = AblationConfig(
-        experiment, out, seeds=seeds, quick=quick, recipe=recipe, values=grid, steps=steps, progress=progress
-    )
-    results = run_ablation(cfg)
-    typer.echo("\n".join(summary_lines(results)))
-    typer.echo(f"results: {out / experiment / 'results.md'}")
+    results = ablation.run_ablation(cfg)
+    typer.echo("\n".join(ablation.summary_lines(results)))
+    typer.echo(f"results: {cfg.out / cfg.experiment / 'results.md'}")
 
 
 @app.command("analyze")
@@ -149,11 +183,13 @@ def analyze(
         typer.Option(help="Visual word to show in the patch gallery (repeatable; default: the most used)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[
+        Device, typer.Option(help="Where the model runs: auto (CUDA when present), cpu or cuda.")
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Visual-word analysis: entropies, vocabulary usage, top words over images, patch galleries, nearest text tokens."""
-    from openovis.evaluation.analysis import run_analysis
+    from openovis.experiments.analysis import run_analysis
 
     result = run_analysis(
         model,
@@ -177,8 +213,11 @@ def train(
         list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. stages.0.max_steps=10")
     ] = None,
     resume: Annotated[
-        str | None, typer.Option(help="'auto': continue the run in output_dir from its newest checkpoint.")
-    ] = None,
+        Literal["auto", "never"],
+        typer.Option(
+            help="auto: continue the run in output_dir from its newest checkpoint; never: start over."
+        ),
+    ] = "never",
     output_dir: Annotated[
         str | None, typer.Option(help="Run folder (overrides the recipe's output_dir).")
     ] = None,
@@ -191,7 +230,9 @@ def train(
     extra = list(overrides or [])
     if output_dir:
         extra.append(f"output_dir={output_dir}")
-    summary = run_training(load_recipe(recipe, extra), resume=resume, progress=progress)
+    summary = run_training(
+        load_recipe(recipe, extra), resume=None if resume == "never" else resume, progress=progress
+    )
     typer.echo(f"final model: {summary['final_model']} ({summary['seconds']:.0f}s)")
 
 
@@ -208,13 +249,36 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Questions per generation batch.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 16,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    device: Annotated[
+        Device, typer.Option(help="Where the model runs: auto (CUDA when present), cpu or cuda.")
+    ] = "auto",
+    image_check: Annotated[
+        bool,
+        typer.Option(
+            help="Also compare the answers' loss with each question's own image vs a mismatched one "
+            "(a gap near 0: the model answers without reading the image)."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a model: accuracy overall and per question type, with chance levels, and every prediction."""
     from openovis.evaluation.runner import format_table, run_eval
 
-    result = run_eval(model, data, out, image_root, batch_size, max_new_tokens, limit, device=device)
+    result = run_eval(
+        model,
+        data,
+        out,
+        image_root,
+        batch_size,
+        max_new_tokens,
+        limit,
+        device=device,
+        check_images=image_check,
+    )
     typer.echo(format_table(result["metrics"]))
+    if image_check:
+        from openovis.evaluation.image_check import format_image_check
+
+        typer.echo("image check (nats per answer token): " + format_image_check(result["image_check"]))
     typer.echo(f"predictions: {result['path']}")
 
 
@@ -226,7 +290,9 @@ def chat(
     ] = None,
     image: Annotated[list[Path] | None, typer.Option(help="Image file (repeat for several).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    device: Annotated[
+        Device, typer.Option(help="Where the model runs: auto (CUDA when present), cpu or cuda.")
+    ] = "auto",
 ) -> None:
     """Ask a model about images: one question, or an interactive multi-turn chat with streamed answers."""
     from transformers import TextStreamer
@@ -264,7 +330,8 @@ def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint folder.")],
     dst: Annotated[Path, typer.Argument(help="Output folder.")],
     direction: Annotated[
-        str, typer.Option(help="hf-to-openovis | openovis-to-hf | official-to-openovis")
+        Literal["hf-to-openovis", "openovis-to-hf", "official-to-openovis"],
+        typer.Option(help="Which way to convert."),
     ] = "hf-to-openovis",
     official_numerics: Annotated[
         bool,
@@ -287,15 +354,13 @@ def convert(
         out = convert_hf_ovis2_checkpoint(src, dst, "hf_to_openovis", backbone_feature=feature)
     elif direction == "openovis-to-hf":
         out = convert_hf_ovis2_checkpoint(src, dst, "openovis_to_hf")
-    elif direction == "official-to-openovis":
+    else:  # official-to-openovis
         if image_atom_id is None or indicator_token_ids is None:
             raise typer.BadParameter(
                 "official checkpoints use placeholder ids: give --image-atom-id and --indicator-token-ids"
             )
         ids = [int(i) for i in indicator_token_ids.split(",")]
         out = convert_official_checkpoint(src, dst, image_atom_id=image_atom_id, indicator_token_ids=ids)
-    else:
-        raise typer.BadParameter(f"--direction: unknown {direction!r}")
     typer.echo(f"wrote {out}")
 
 

@@ -10,16 +10,12 @@ Every field is validated on construction; an invalid value raises ``ValueError``
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from typing import Any
 
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
 from openovis.constants import IMAGE_ATOM, INDICATOR_TOKENS_OVIS2
-
-TokenizeFunction = Literal["softmax", "st_argmax", "gumbel_argmax"]
-Connector = Literal["vet", "mlp"]
-VetImpl = Literal["reference", "chunked", "auto"]
-BackboneFeature = Literal["pre_norm", "post_norm"]
+from openovis.options import CONNECTORS, BackboneFeature, TokenizeFunction, VetImpl, check_choice
 
 
 def _sub_config(value: Any, field: str) -> PretrainedConfig | None:
@@ -35,12 +31,6 @@ def _sub_config(value: Any, field: str) -> PretrainedConfig | None:
     return CONFIG_MAPPING[model_type](**kwargs)
 
 
-def _check_choice(field: str, value: Any, literal: Any) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise ValueError(f"{field}: must be one of {choices}, got {value!r}")
-
-
 class OvisConfig(PretrainedConfig):
     """Configuration of `OvisForConditionalGeneration`.
 
@@ -53,7 +43,8 @@ class OvisConfig(PretrainedConfig):
         indicator_tokens: Indicator token strings in VET-row order; indicator i is VET row ``K - n + i``.
         tokenize_function: How head logits become a distribution over visual words.
         tokenize_temperature: Softmax temperature τ (logits are divided by τ).
-        connector: ``vet`` (Ovis) or ``mlp`` (the LLaVA-style projector baseline of the paper's ablation).
+        connector: A registered connector (`openovis.options.CONNECTORS`): ``vet`` (Ovis), ``mlp`` (the
+            LLaVA-style projector baseline of the paper's ablation), or one a user registers.
         mlp_hidden_size: Hidden width of the MLP connector (default: the LLM width).
         vet_impl: Which implementation computes ``softmax(LN(xW)) @ E`` (see `openovis.ops.vet`).
         backbone_feature: ``pre_norm`` takes the encoder's last hidden state before any final norm (official
@@ -79,7 +70,7 @@ class OvisConfig(PretrainedConfig):
         indicator_tokens: list[str] | tuple[str, ...] = INDICATOR_TOKENS_OVIS2,
         tokenize_function: TokenizeFunction = "softmax",
         tokenize_temperature: float = 1.0,
-        connector: Connector = "vet",
+        connector: str = "vet",
         mlp_hidden_size: int | None = None,
         vet_impl: VetImpl = "auto",
         backbone_feature: BackboneFeature = "pre_norm",
@@ -113,10 +104,13 @@ class OvisConfig(PretrainedConfig):
         self._validate()
 
     def _validate(self) -> None:
-        _check_choice("tokenize_function", self.tokenize_function, TokenizeFunction)
-        _check_choice("connector", self.connector, Connector)
-        _check_choice("vet_impl", self.vet_impl, VetImpl)
-        _check_choice("backbone_feature", self.backbone_feature, BackboneFeature)
+        check_choice("tokenize_function", self.tokenize_function, TokenizeFunction)
+        check_choice("vet_impl", self.vet_impl, VetImpl)
+        check_choice("backbone_feature", self.backbone_feature, BackboneFeature)
+        if self.connector not in CONNECTORS:
+            raise ValueError(
+                f"connector: must be a registered connector {tuple(CONNECTORS)}, got {self.connector!r}"
+            )
         n = len(self.indicator_tokens)
         if not isinstance(self.hidden_stride, int) or self.hidden_stride < 1:
             raise ValueError(f"hidden_stride: must be an integer >= 1, got {self.hidden_stride!r}")

@@ -49,14 +49,14 @@ class OvisPipeline:
     def from_pretrained(
         cls, folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> OvisPipeline:
-        """Loads a folder written by training (model + processor), onto ``device`` (default: CUDA if present)."""
+        """Loads a folder written by training (model + processor), onto ``device`` (None/auto: CUDA if present)."""
         from openovis.modeling.ovis import OvisForConditionalGeneration
         from openovis.processing.processor import OvisProcessor
 
         folder = Path(folder)
         if not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
-        device = torch.device(device) if device is not None else default_device()
+        device = default_device() if device in (None, "auto") else torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = OvisForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device)

@@ -1,12 +1,14 @@
-"""Small matplotlib helpers shared by training, evaluation and analysis (headless: Agg backend)."""
+"""Small matplotlib helpers shared by training (loss curves) and the experiments (headless: Agg backend)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend (imported on first use: matplotlib is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +33,7 @@ def plot_losses(
     curves: dict[str, Sequence[float]] | None = None,
 ) -> Path:
     """Writes a loss-curve PNG (raw and smoothed; several named curves if ``curves`` is given)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     series = curves or {"loss": losses}
     for name, values in series.items():

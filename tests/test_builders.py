@@ -19,9 +19,16 @@ def test_every_preset_builds_and_runs_scaled_down(name):
     assert type(cfg.vision_config) is type(build_config(name).vision_config)
     assert type(cfg.text_config) is type(build_config(name).text_config)
     crops = 1 if cfg.num_indicators == 2 else 2  # Ovis 1.0 layout has only start/end indicators
-    ids = [cfg.indicator_token_ids[0], *[cfg.image_atom_id] * (cfg.visual_tokens_per_crop * crops), cfg.indicator_token_ids[-1], 3]
+    ids = [
+        cfg.indicator_token_ids[0],
+        *[cfg.image_atom_id] * (cfg.visual_tokens_per_crop * crops),
+        cfg.indicator_token_ids[-1],
+        3,
+    ]
     out = model(
-        input_ids=torch.tensor([ids]), pixel_values=torch.randn(crops, 3, cfg.crop_size, cfg.crop_size), labels=torch.tensor([ids])
+        input_ids=torch.tensor([ids]),
+        pixel_values=torch.randn(crops, 3, cfg.crop_size, cfg.crop_size),
+        labels=torch.tensor([ids]),
     )
     assert torch.isfinite(out.loss)
 
@@ -43,7 +50,12 @@ def test_tiny_is_small_and_fast():
 )
 def test_real_presets_carry_design_numbers(name, k, s, n, tokens):
     cfg = build_config(name)
-    assert (cfg.visual_vocab_size, cfg.hidden_stride, cfg.num_indicators, cfg.visual_tokens_per_crop) == (k, s, n, tokens)
+    assert (cfg.visual_vocab_size, cfg.hidden_stride, cfg.num_indicators, cfg.visual_tokens_per_crop) == (
+        k,
+        s,
+        n,
+        tokens,
+    )
 
 
 def test_real_preset_sizes():
@@ -68,7 +80,11 @@ def test_pretrained_parts_load_from_local_folders(tmp_path):
     llm.save_pretrained(tmp_path / "llm")
     tok = _word_tokenizer()
     model = build_model(
-        "ovis2-2b-like", scale_down=True, vision_path=str(tmp_path / "vision"), llm_path=str(tmp_path / "llm"), tokenizer=tok
+        "ovis2-2b-like",
+        scale_down=True,
+        vision_path=str(tmp_path / "vision"),
+        llm_path=str(tmp_path / "llm"),
+        tokenizer=tok,
     )
     backbone_state = model.visual_tokenizer.backbone.state_dict()
     for key, value in vision.state_dict().items():
@@ -80,7 +96,9 @@ def test_pretrained_parts_load_from_local_folders(tmp_path):
     assert model.get_input_embeddings().num_embeddings >= len(tok)
     cfg = model.config
     ids = torch.tensor([[2, *image_span(cfg), 3]])
-    assert torch.isfinite(model(input_ids=ids, pixel_values=torch.randn(1, 3, cfg.crop_size, cfg.crop_size)).logits).all()
+    assert torch.isfinite(
+        model(input_ids=ids, pixel_values=torch.randn(1, 3, cfg.crop_size, cfg.crop_size)).logits
+    ).all()
 
 
 def test_tokenizer_ids_go_into_config():

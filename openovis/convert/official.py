@@ -1,6 +1,7 @@
 """Conversion between openovis and the official AIDC-AI Ovis layout (remote code, ``model_type: ovis``).
 
-The head, the VET and the LLM already have the official names (DESIGN §6)::
+In openovis checkpoints the head, the VET and the LLM already have the official names (DESIGN §6;
+in memory the head and VET sit under ``connector.``, see `openovis.modeling.connector`)::
 
     llm.*    visual_tokenizer.head.0.weight    visual_tokenizer.head.1.{weight,bias}    vte.weight
 
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 from transformers import Aimv2VisionConfig, AutoModel, PretrainedConfig
 
-from openovis.configuration import BackboneFeature, OvisConfig, _sub_config
+from openovis.configuration import OvisConfig, _sub_config
 from openovis.convert.ovis2_hf import (
     StateDict,
     checkpoint_state_dict,
@@ -49,10 +50,12 @@ from openovis.convert.ovis2_hf import (
     default_indicator_tokens,
     load_exact,
     read_safetensors,
+    saved_state_dict,
     write_safetensors,
 )
 from openovis.modeling.backbone import backbone_config
 from openovis.modeling.ovis import OvisForConditionalGeneration
+from openovis.options import BackboneFeature
 
 BACKBONE = "visual_tokenizer.backbone."
 OFFICIAL_AIMV2_TYPE = "aimv2"
@@ -164,7 +167,7 @@ def _wrapper_from_official(backbone: StateDict, wrapper: str) -> StateDict:
 def official_state_dict_to_openovis(
     state_dict: Mapping[str, torch.Tensor], vision_config: PretrainedConfig
 ) -> StateDict:
-    """Official keys -> openovis keys.
+    """Official keys -> openovis checkpoint keys (`load_exact` or ``from_pretrained`` map them into a model).
 
     Args:
         state_dict: An official Ovis state dict.
@@ -193,7 +196,7 @@ def official_state_dict_to_openovis(
 def openovis_state_dict_to_official(
     state_dict: Mapping[str, torch.Tensor], vision_config: PretrainedConfig
 ) -> StateDict:
-    """openovis keys -> official keys (the inverse of `official_state_dict_to_openovis`)."""
+    """openovis checkpoint keys -> official keys (the inverse of `official_state_dict_to_openovis`)."""
     backbone, rest = _split_backbone(state_dict)
     if not _is_aimv2(vision_config):
         wrapper = _missing_wrapper(vision_config)
@@ -209,8 +212,8 @@ def openovis_state_dict_to_official(
 def openovis_to_official_state_dict(model: OvisForConditionalGeneration) -> StateDict:
     """An openovis model's weights under the official names (the official model itself is remote code)."""
     if model.config.connector != "vet":
-        raise ValueError("connector='mlp': the official Ovis layout has only the VET")
-    return openovis_state_dict_to_official(model.state_dict(), model.config.vision_config)
+        raise ValueError(f"connector={model.config.connector!r}: the official Ovis layout has only the VET")
+    return openovis_state_dict_to_official(saved_state_dict(model), model.config.vision_config)
 
 
 # ---- configs ----------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 An openovis model whose backbone is transformers' ``Aimv2VisionModel`` (``use_head=False``,
 ``is_native=False``) holds exactly the tensors of ``Ovis2ForConditionalGeneration``; only the names
-differ. With K the visual vocabulary, n indicators, d the ViT width, s the hidden stride, D the LLM
-width and V the text vocabulary::
+differ. The openovis names are those of its checkpoints (the official Ovis ones; in memory the head
+and VET sit under ``connector.``, see `openovis.modeling.connector.to_checkpoint_names`). With K the
+visual vocabulary, n indicators, d the ViT width, s the hidden stride, D the LLM width and V the
+text vocabulary::
 
     openovis                                              transformers Ovis2
     visual_tokenizer.backbone.embeddings.patch_embed.*    model.vision_tower.transformer.embeddings.patch_embedding.*
@@ -29,7 +31,7 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -38,11 +40,12 @@ from torch import nn
 from transformers import Aimv2VisionConfig, Ovis2Config, Ovis2ForConditionalGeneration, PretrainedConfig
 from transformers.models.ovis2.configuration_ovis2 import Ovis2VisionConfig
 
-from openovis.configuration import BackboneFeature, OvisConfig
+from openovis.configuration import OvisConfig
 from openovis.constants import INDICATOR_TOKENS_OVIS1, INDICATOR_TOKENS_OVIS2
+from openovis.modeling.connector import from_checkpoint_names, to_checkpoint_names
 from openovis.modeling.ovis import OvisForConditionalGeneration
+from openovis.options import BackboneFeature, ConversionDirection, check_choice
 
-Direction = Literal["hf_to_openovis", "openovis_to_hf"]
 StateDict = dict[str, torch.Tensor]
 
 # (openovis, transformers) key prefixes; the first match wins, so the specific ones come first.
@@ -97,7 +100,7 @@ PASSTHROUGH_FILES = (
 
 # ---- keys -------------------------------------------------------------------------------------------
 def rename_key(
-    key: str, direction: Direction, prefixes: tuple[tuple[str, str], ...] = KEY_PREFIXES
+    key: str, direction: ConversionDirection, prefixes: tuple[tuple[str, str], ...] = KEY_PREFIXES
 ) -> str | None:
     """Renames one key; ``None`` when no prefix rule covers it."""
     for ours, theirs in prefixes:
@@ -107,7 +110,7 @@ def rename_key(
     return None
 
 
-def rename_state_dict(state_dict: Mapping[str, torch.Tensor], direction: Direction) -> StateDict:
+def rename_state_dict(state_dict: Mapping[str, torch.Tensor], direction: ConversionDirection) -> StateDict:
     """Renames every key of a state dict (tensors are shared, not copied).
 
     Raises:
@@ -128,8 +131,7 @@ def rename_state_dict(state_dict: Mapping[str, torch.Tensor], direction: Directi
 
 
 def _check_direction(direction: str) -> None:
-    if direction not in get_args(Direction):
-        raise ValueError(f"direction: must be one of {get_args(Direction)}, got {direction!r}")
+    check_choice("direction", direction, ConversionDirection)
 
 
 # ---- configs ----------------------------------------------------------------------------------------
@@ -255,16 +257,23 @@ def hf_ovis2_config_from_openovis(config: OvisConfig, *, accept_post_norm: bool 
 
 
 # ---- loading a renamed state dict -------------------------------------------------------------------
+# Everything here speaks checkpoint names (what ``save_pretrained`` writes); `to_checkpoint_names`
+# is the identity on models other than openovis's, so the helpers serve transformers' Ovis2 as well.
+def saved_state_dict(model: nn.Module) -> StateDict:
+    """A model's tensors under its checkpoint names (shared, not copied)."""
+    return to_checkpoint_names(model.state_dict())
+
+
 def tied_groups(model: nn.Module) -> list[list[str]]:
-    """Names that share one parameter (e.g. a tied ``lm_head``), each group in module order."""
+    """Checkpoint names that share one parameter (e.g. a tied ``lm_head``), each group in module order."""
     groups: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(param), []).append(name)
-    return [names for names in groups.values() if len(names) > 1]
+    return [list(to_checkpoint_names(dict.fromkeys(names))) for names in groups.values() if len(names) > 1]
 
 
 def complete_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Checks a state dict against a model's own and fills in keys of tied parameters.
+    """Checks a state dict (checkpoint names) against a model's own and fills in keys of tied parameters.
 
     A checkpoint holds one name per tied parameter (``save_pretrained`` drops the others); any name
     of the group is accepted and the group's other names get the same tensor.
@@ -272,7 +281,7 @@ def complete_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
     Raises:
         ValueError: On missing keys, unexpected keys or shape mismatches, listing all of them.
     """
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    expected = {k: v.shape for k, v in saved_state_dict(model).items()}
     state = dict(state_dict)
     for group in tied_groups(model):
         present = [name for name in group if name in state]
@@ -304,9 +313,9 @@ def _float_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
 
 
 def load_exact(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Loads a complete state dict (strict, tied names filled in) in the checkpoint's dtype; eval mode."""
+    """Loads a complete state dict (checkpoint names; strict, tied names filled in) in its dtype; eval mode."""
     model.to(_float_dtype(state_dict))
-    model.load_state_dict(complete_state_dict(model, state_dict), strict=True)
+    model.load_state_dict(from_checkpoint_names(complete_state_dict(model, state_dict)), strict=True)
     return model.eval()
 
 
@@ -358,7 +367,7 @@ def openovis_to_hf_ovis2(
     hf = Ovis2ForConditionalGeneration(
         hf_ovis2_config_from_openovis(model.config, accept_post_norm=accept_post_norm)
     )
-    return load_exact(hf, rename_state_dict(model.state_dict(), "openovis_to_hf"))
+    return load_exact(hf, rename_state_dict(saved_state_dict(model), "openovis_to_hf"))
 
 
 # ---- checkpoint folders -----------------------------------------------------------------------------
@@ -417,7 +426,7 @@ def copy_passthrough_files(src: Path, dst: Path) -> list[str]:
 def convert_hf_ovis2_checkpoint(
     src_dir: str | Path,
     dst_dir: str | Path,
-    direction: Direction,
+    direction: ConversionDirection,
     *,
     backbone_feature: BackboneFeature = "post_norm",
     accept_post_norm: bool = False,

@@ -12,7 +12,7 @@ symlinks pointing outside are rejected).
 Skips: records are parsed and validated when the file is read (cheap checks: structure, roles, turn
 order, text encoding, placeholder count, path shape); images are opened lazily in ``__getitem__``.
 Either way a bad record stays at its index and ``__getitem__`` returns a
-:class:`~openovis.data.skips.SkippedSample` for it, so every skip is counted through the same path
+:class:`~openovis.skips.SkippedSample` for it, so every skip is counted through the same path
 (the collator drops it and reports it in the batch). ``dataset.record_problems`` holds the
 load-time counts, ``dataset.skips`` the counts of this process's ``__getitem__`` calls.
 """
@@ -32,9 +32,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from openovis.constants import IMAGE_PLACEHOLDER
-from openovis.data.skips import SkipCounter, SkippedSample, SkipReason, SkipSample
 from openovis.processing.conversation import Message, check_text, check_turn_order, normalize_messages
 from openovis.processing.image import load_image
+from openovis.skips import SkipCounter, SkippedSample, SkipReason, SkipSample
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Text tokenizers for models trained from scratch (the tiny Shapes World LLM).
+"""Text tokenizers for models trained from scratch (e.g. the tiny LLM of the Shapes World recipes).
 
 A byte-level BPE (GPT-2 pre-tokenization, no normalizer, so any Unicode text round-trips) with the
 project's special tokens, each one id that text never splits (DESIGN §2)::
@@ -144,23 +144,25 @@ def byte_level_tokenizer(out_dir: str | Path | None = None) -> PreTrainedTokeniz
     return _wrap(tokenizer, out_dir)
 
 
-def tokenizer_for_shapes(
-    data_dir: str | Path, vocab_size: int = 1024, out_dir: str | Path | None = None
+def tokenizer_from_corpus(
+    corpus: str | Path, vocab_size: int = 1024, out_dir: str | Path | None = None
 ) -> PreTrainedTokenizerFast:
-    """Trains the tokenizer of a generated Shapes World on its ``corpus.txt``.
+    """Trains a tokenizer on a text file of the data, one sample per line (e.g. a generated ``corpus.txt``).
+
+    What a recipe's ``model.tokenizer: {train_on: FILE, vocab_size: V}`` runs.
 
     Args:
-        data_dir: The folder ``generate_shapes_world`` wrote.
+        corpus: The text file.
         vocab_size: Exact vocabulary size.
-        out_dir: Where to save it (default ``data_dir/tokenizer``).
+        out_dir: Where to save it (default: ``tokenizer/`` beside the corpus).
 
     Raises:
-        FileNotFoundError: ``data_dir`` has no ``corpus.txt``.
+        FileNotFoundError: ``corpus`` does not exist.
     """
-    corpus = Path(data_dir) / "corpus.txt"
+    corpus = Path(corpus)
     if not corpus.is_file():
-        raise FileNotFoundError(f"{corpus}: not found; generate the dataset first")
+        raise FileNotFoundError(f"{corpus}: not found; the tokenizer is trained on this text file")
     lines = corpus.read_text(encoding="utf-8").splitlines()
     return train_text_tokenizer(
-        lines, vocab_size, Path(data_dir) / "tokenizer" if out_dir is None else out_dir
+        lines, vocab_size, corpus.parent / "tokenizer" if out_dir is None else out_dir
     )

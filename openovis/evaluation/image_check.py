@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from openovis.constants import IGNORE_INDEX
-from openovis.data.collator import OvisCollator, model_inputs
+from openovis.processing.collator import OvisCollator, model_inputs
 
 
 def _messages(record: dict[str, Any]) -> list[Any]:
@@ -83,7 +83,9 @@ def _answer_stats(
     return total, count, correct
 
 
-def _per_type(values: Sequence[float], counts: Sequence[int], types: Sequence[str | None]) -> dict[str, float]:
+def _per_type(
+    values: Sequence[float], counts: Sequence[int], types: Sequence[str | None]
+) -> dict[str, float]:
     """Mean CE per answer token, per question type."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for v, c, kind in zip(values, counts, types, strict=True):

@@ -4,9 +4,11 @@ Notation: B samples, L sequence length, C crops in the batch (all images of all 
 appearance), T visual tokens per crop, D LLM width, K visual vocabulary, n indicators.
 
     input_ids [B, L] -> LLM input embeddings                        [B, L, D]
-    pixel_values [C, 3, S, S] -> visual tokenizer + VET (or MLP)    [C, T, D]
+    pixel_values [C, 3, S, S] -> visual tokenizer (backbone, merge)  [C, T, F]
+      -> connector (head + VET, or the MLP; `modeling.connector`)   [C, T, D]
     splice: the k-th atom position (row-major over B then L) takes visual token k;
-            positions of indicator i take VET row K - n + i (VET connector only)
+            positions of indicator i take the connector's indicator row i (the VET's row K - n + i;
+            a connector without indicator rows, like the MLP, leaves their text embeddings)
     LLM(inputs_embeds) -> logits [B, L, V]; loss on labels != -100
 
 A batch without images does not run the vision tower (except in distributed training, where every
@@ -19,20 +21,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as _init  # initializers that respect already-loaded weights
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from openovis.configuration import OvisConfig
-from openovis.modeling.connector_mlp import MLPConnector
+from openovis.modeling.connector import build_connector
 from openovis.modeling.visual_embedding import VisualEmbeddingTable
-from openovis.modeling.visual_tokenizer import VisualTokenizer, tokenize
-
-try:  # transformers >= 5: initializers that respect already-loaded weights
-    from transformers import initialization as _init
-except ImportError:  # pragma: no cover - transformers 4.x
-    _init = nn.init
+from openovis.modeling.visual_tokenizer import VisualTokenizer
 
 
 class OvisPreTrainedModel(PreTrainedModel):
@@ -53,8 +50,8 @@ class OvisPreTrainedModel(PreTrainedModel):
             _init.normal_(module.weight, mean=0.0, std=self.config.vte_init_std)
         elif isinstance(module, nn.Linear):
             connector = getattr(self, "connector", None)
-            if connector is not None and module is connector[-1] and self.config.mlp_out_init_std is not None:
-                std = self.config.mlp_out_init_std  # the MLP's output layer: visual tokens at a chosen scale
+            chosen = connector.init_std(module) if connector is not None else None
+            std = chosen if chosen is not None else std  # e.g. the MLP's output layer (mlp_out_init_std)
             _init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 _init.zeros_(module.bias)
@@ -64,7 +61,7 @@ class OvisPreTrainedModel(PreTrainedModel):
 
 
 class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
-    """Ovis: a vision backbone, a visual tokenizer head, a VET and any causal LM.
+    """Ovis: a vision backbone, a connector (the visual head + VET, or another registered one) and any causal LM.
 
     Args:
         config: The model configuration.
@@ -83,13 +80,7 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
             raise ValueError("vision_config/text_config: both are required to build a model")
         self.visual_tokenizer = VisualTokenizer(config, vision_model)
         self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
-        width = config.text_config.hidden_size
-        if config.connector == "vet":
-            self.vte = VisualEmbeddingTable(config.visual_vocab_size, width)
-            self.connector = None
-        else:
-            self.vte = None
-            self.connector = MLPConnector(config.visual_feature_size, config.mlp_hidden_size or width, width)
+        self.connector = build_connector(config)
         self.post_init()
 
     # ---- embeddings ----------------------------------------------------------------------------------
@@ -105,28 +96,11 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
     def visual_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Crops ``[C, 3, S, S]`` -> visual-token embeddings ``[C, T, D]`` in the LLM's input space."""
         features = self.visual_tokenizer.features(pixel_values)  # [C, T, F]
-        if self.connector is not None:
-            return self.connector(features)  # [C, T, D]
-        cfg = self.config
-        if cfg.vet_impl == "reference":
-            logits = self.visual_tokenizer.logits(features)  # [C, T, K-n]
-            probs = tokenize(logits, cfg.tokenize_function, cfg.tokenize_temperature)
-            return self.vte(F.pad(probs, (0, cfg.num_indicators)))  # [C, T, K] @ [K, D] -> [C, T, D]
-        from openovis.ops.vet import vet_embed
+        return self.connector(features)  # [C, T, D]
 
-        linear, norm = self.visual_tokenizer.head
-        return vet_embed(
-            features,
-            linear.weight,
-            norm.weight,
-            norm.bias,
-            self.vte.weight,
-            num_indicators=cfg.num_indicators,
-            tokenize=cfg.tokenize_function,
-            temperature=cfg.tokenize_temperature,
-            eps=norm.eps,
-            impl=cfg.vet_impl,
-        )  # [C, T, D]
+    def visual_probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Crops ``[C, 3, S, S]`` -> visual-word distributions ``[C, T, K]`` (connectors with a vocabulary)."""
+        return self.connector.probabilities(self.visual_tokenizer.features(pixel_values))  # [C, T, K]
 
     def embed_inputs(
         self,
@@ -157,8 +131,9 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
             s = cfg.crop_size
             blank = torch.zeros(1, 3, s, s, device=embeds.device, dtype=self.visual_tokenizer.backbone.dtype)
             embeds = embeds + 0.0 * self.visual_embeddings(blank).sum().to(embeds.dtype)
-        if self.vte is not None and cfg.indicator_token_ids is not None:
-            rows = self.vte.weight[cfg.visual_vocab_size - cfg.num_indicators :].to(embeds.dtype)  # [n, D]
+        rows = self.connector.indicator_embeddings()  # [n, D], or None: indicators keep text embeddings
+        if rows is not None and cfg.indicator_token_ids is not None:
+            rows = rows.to(embeds.dtype)
             for i, token_id in enumerate(cfg.indicator_token_ids):
                 embeds = torch.where((input_ids == token_id).unsqueeze(-1), rows[i], embeds)
         return embeds

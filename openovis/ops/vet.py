@@ -13,11 +13,13 @@ only x and four numbers per token (LN mean and 1/std, the softmax's log-sum-exp,
 recomputes a chunk's logits in the backward (DESIGN §7). Its memory is O(N·(F + D)) plus one chunk's
 buffers, plus fp32 accumulators for the parameter gradients; see docs/vet-op.md.
 
-Tokenize functions (τ = temperature):
+Tokenize functions (τ = temperature), `tokenize_logits` (the model's ``vet_impl="reference"`` path runs
+`reference_vet`, so this module is the one definition of the maths):
     softmax        p = softmax(y / τ)
     st_argmax      forward one-hot(argmax y) (so out = E[argmax]), backward the gradient of softmax(y / τ)
     gumbel_argmax  forward one-hot(argmax (y + g)), backward the gradient of softmax((y + g) / τ),
-                   g ~ Gumbel(0, 1) drawn by `gumbel_noise` (as torch's ``F.gumbel_softmax(hard=True)``)
+                   g ~ Gumbel(0, 1) drawn by `gumbel_noise` (as torch's ``F.gumbel_softmax(hard=True)``,
+                   and as the official code, τ divides the noisy logits)
 """
 
 from __future__ import annotations
@@ -27,21 +29,25 @@ import math
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
+from openovis.ops.vet_reference import (  # noqa: F401 (re-exported: the op's public reference)
+    NOISE_BLOCK_ROWS,
+    _compute_dtype,
+    draw_seed,
+    gumbel_noise,
+    reference_probs,
+    reference_vet,
+    tokenize_logits,
+)
+from openovis.options import RowKernels, TokenizeFunction, VetImpl, check_choice
 
-VetImpl = Literal["reference", "chunked", "auto"]
-TokenizeFn = Literal["softmax", "st_argmax", "gumbel_argmax"]
-RowKernels = Literal["auto", "triton", "torch"]
+logger = logging.getLogger(__name__)
 
 #: Default per-chunk working-set budget of the chunked op, in MiB.
 DEFAULT_BUDGET_MB = {"cuda": 256.0, "cpu": 64.0}
-#: Rows per Gumbel noise block: noise for rows [i·R, (i+1)·R) comes from its own seeded generator.
-NOISE_BLOCK_ROWS = 64
 
 _logged: set[str] = set()
 
@@ -50,116 +56,6 @@ def _log_once(message: str) -> None:
     if message not in _logged:
         _logged.add(message)
         logger.info(message)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp32/bf16/fp16 inputs, fp64 for fp64 inputs (so gradcheck sees an fp64 function)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _check_literal(name: str, value: str, literal: object) -> None:
-    if value not in get_args(literal):
-        raise ValueError(f"{name}: must be one of {get_args(literal)}, got {value!r}")
-
-
-# ---- Gumbel noise ---------------------------------------------------------------------------------
-
-
-def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A 62-bit seed for `gumbel_noise`, drawn from ``generator`` (default: torch's global CPU RNG)."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**62, (), generator=generator, device=device))
-
-
-def gumbel_noise(seed: int, start: int, stop: int, width: int, device: torch.device) -> torch.Tensor:
-    """Gumbel(0, 1) noise ``-log(Exp(1))`` for token rows ``[start, stop)``: ``[stop - start, width]`` fp32.
-
-    Row block ``b`` (``NOISE_BLOCK_ROWS`` rows) comes from a generator seeded with ``seed + b``, so the
-    noise of a row depends only on (seed, row): the reference draws all rows at once, the chunked op
-    draws each chunk's rows in the forward and draws them again in the backward, and all agree.
-    """
-    first, last = start // NOISE_BLOCK_ROWS, -(-stop // NOISE_BLOCK_ROWS)
-    noise = torch.empty((last - first) * NOISE_BLOCK_ROWS, width, device=device)  # [blocks·R, width]
-    for i, block in enumerate(range(first, last)):
-        gen = torch.Generator(device=device)
-        gen.manual_seed((seed + block) % 2**63)
-        noise[i * NOISE_BLOCK_ROWS : (i + 1) * NOISE_BLOCK_ROWS].exponential_(generator=gen)
-    offset = start - first * NOISE_BLOCK_ROWS
-    return noise[offset : offset + stop - start].log_().neg_()  # [stop - start, width]
-
-
-# ---- the reference --------------------------------------------------------------------------------
-
-
-def reference_probs(
-    x: torch.Tensor,
-    head_weight: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    *,
-    num_indicators: int,
-    tokenize: TokenizeFn = "softmax",
-    temperature: float = 1.0,
-    eps: float = 1e-5,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Official visual-word distributions: Linear, LayerNorm, fp32 tokenize, n zero indicator columns.
-
-    Args:
-        x: Features ``[..., F]``.
-        head_weight: ``[K - n, F]``, the bias-free head Linear's weight.
-        ln_weight, ln_bias: LayerNorm γ, β ``[K - n]``.
-        num_indicators: n.
-        tokenize: See the module docstring.
-        temperature: τ; the LayerNorm output is divided by it before the softmax.
-        eps: LayerNorm epsilon.
-        generator: Source of the Gumbel seed (``gumbel_argmax`` only).
-
-    Returns:
-        ``[..., K]`` probabilities in fp32 (fp64 for fp64 inputs); the last n columns are zero.
-    """
-    _check_literal("tokenize", tokenize, TokenizeFn)
-    h = head_weight.shape[0]
-    logits = F.layer_norm(F.linear(x, head_weight), (h,), ln_weight, ln_bias, eps)  # [..., H]
-    logits = logits.to(_compute_dtype(logits.dtype))
-    if tokenize == "gumbel_argmax":
-        rows = logits.reshape(-1, h)
-        noise = gumbel_noise(draw_seed(generator), 0, rows.shape[0], h, logits.device)  # [N, H]
-        logits = logits + noise.to(logits.dtype).view_as(logits)
-    soft = (logits / temperature).softmax(dim=-1)  # [..., H]
-    if tokenize != "softmax":
-        index = soft.argmax(dim=-1, keepdim=True)
-        hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
-        soft = hard - soft.detach() + soft  # straight-through: forward hard, gradient of soft
-    return F.pad(soft, (0, num_indicators))  # [..., K]
-
-
-def reference_vet(
-    x: torch.Tensor,
-    head_weight: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    num_indicators: int,
-    tokenize: TokenizeFn = "softmax",
-    temperature: float = 1.0,
-    eps: float = 1e-5,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Official visual embeddings: `reference_probs` cast to the table's dtype, ``@ table`` -> ``[..., D]``."""
-    probs = reference_probs(
-        x,
-        head_weight,
-        ln_weight,
-        ln_bias,
-        num_indicators=num_indicators,
-        tokenize=tokenize,
-        temperature=temperature,
-        eps=eps,
-        generator=generator,
-    )  # [..., K]
-    return probs.to(table.dtype) @ table  # [..., K] @ [K, D] -> [..., D]
 
 
 # ---- row ops in torch (CPU, and CUDA without Triton) ----------------------------------------------
@@ -481,7 +377,7 @@ def _select_impl(impl: VetImpl, x: torch.Tensor) -> str:
     return "reference"
 
 
-def _row_kernels(choice: RowKernels, device: torch.device, tokenize: TokenizeFn) -> ModuleType | None:
+def _row_kernels(choice: RowKernels, device: torch.device, tokenize: TokenizeFunction) -> ModuleType | None:
     if choice == "torch" or device.type != "cuda":
         if choice == "triton":
             raise ValueError("row_kernels='triton' needs CUDA tensors")
@@ -505,7 +401,7 @@ def vet_embed(
     table: torch.Tensor,
     *,
     num_indicators: int,
-    tokenize: TokenizeFn = "softmax",
+    tokenize: TokenizeFunction = "softmax",
     temperature: float = 1.0,
     eps: float = 1e-5,
     impl: VetImpl = "auto",
@@ -536,9 +432,9 @@ def vet_embed(
     Returns:
         ``[..., D]`` in the table's dtype.
     """
-    _check_literal("impl", impl, VetImpl)
-    _check_literal("tokenize", tokenize, TokenizeFn)
-    _check_literal("row_kernels", row_kernels, RowKernels)
+    check_choice("impl", impl, VetImpl)
+    check_choice("tokenize", tokenize, TokenizeFunction)
+    check_choice("row_kernels", row_kernels, RowKernels)
     h, f = head_weight.shape
     if h + num_indicators != table.shape[0] or x.shape[-1] != f:
         raise ValueError(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from openovis.constants import CAPTION_TEMPLATE, IGNORE_INDEX, IM_END, IM_START, IMAGE_PLACEHOLDER
-from openovis.data.skips import SkipReason, SkipSample
+from openovis.skips import SkipReason, SkipSample
 
 Role = Literal["system", "user", "assistant"]
 Mode = Literal["train", "generate", "caption"]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from openovis.data.skips import SkipReason, SkipSample
+from openovis.skips import SkipReason, SkipSample
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,7 @@ from openovis.constants import (
     INDICATOR_TOKENS_OVIS2,
     PAD_TOKEN,
 )
-from openovis.data.collator import OvisCollator, PaddingSide, model_inputs
-from openovis.data.skips import SkipReason, SkipSample
+from openovis.processing.collator import OvisCollator, PaddingSide, model_inputs
 from openovis.processing.conversation import (
     ConversationEncoder,
     Message,
@@ -62,6 +61,7 @@ from openovis.processing.image import (
     to_rgb,
 )
 from openovis.processing.layout import check_indicators, image_layout_tokens
+from openovis.skips import SkipReason, SkipSample
 
 ChatFormat = Literal["auto", "chatml", "template"]
 ImageInput = Image.Image | str | os.PathLike

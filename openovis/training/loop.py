@@ -10,9 +10,10 @@ Data order is a seeded stream of sample indices; step t consumes the same global
 any number of processes, which is also what makes resuming exact.
 
 Every ``log_every`` steps the loss, learning rate and throughput go to the trackers, with cheap
-monitors of the visual vocabulary (`monitor_statistics`): the RMS row norms of the VET and of the
-LLM's input embeddings, and the mean entropy and effective vocabulary of the visual-word
-distributions of a few crops of the step's last micro-batch.
+monitors of the visual vocabulary (`monitor_statistics`; the numerics are
+`openovis.modeling.visual_words`): the RMS row norms of the VET and of the LLM's input embeddings,
+and the mean entropy and effective vocabulary of the visual-word distributions of a few crops of the
+step's last micro-batch.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from openovis.constants import IGNORE_INDEX
-from openovis.data.collator import model_inputs
-from openovis.evaluation.analysis import (
+from openovis.modeling.visual_words import (
     effective_vocabulary,
     rms_row_norm,
     token_entropy,
+    visual_table,
     visual_word_probabilities,
 )
+from openovis.processing.collator import model_inputs
 from openovis.training.checkpoint import TrainerState, latest_checkpoint, save_checkpoint
 from openovis.training.lora import trainable_under_lora
 from openovis.training.param_groups import param_groups
@@ -137,8 +139,8 @@ def monitor_statistics(
 
     An MLP-connector model (no VET) gets only ``text_embed_rms``; without images the two
     ``visual_*`` values are left out. The distributions are recomputed without gradients for at most ``max_crops`` crops: the fused VET op
-    never materializes them, so there is nothing to hook. The visual tokenizer runs in eval mode,
-    so nothing is drawn from the random generators and a resumed run stays exact.
+    never materializes them, so there is nothing to hook. The model runs in eval mode, so nothing
+    is drawn from the random generators and a resumed run stays exact.
 
     Args:
         model: The unwrapped `OvisForConditionalGeneration`.
@@ -146,19 +148,20 @@ def monitor_statistics(
         max_crops: Most crops to recompute.
     """
     stats = {"text_embed_rms": rms_row_norm(model.get_input_embeddings().weight)}
-    if model.vte is None:
+    table = visual_table(model)
+    if table is None:
         return stats
-    stats["vte_rms"] = rms_row_norm(model.vte.weight)
+    stats["vte_rms"] = rms_row_norm(table)
     if pixel_values is None or pixel_values.shape[0] == 0:
         return stats
-    tokenizer = model.visual_tokenizer
-    was_training = tokenizer.training
-    tokenizer.eval()
+    modes = {module: module.training for module in model.modules()}
+    model.eval()  # dropout off: nothing is drawn from the random generators
     try:
-        pixels = pixel_values[:max_crops].to(next(tokenizer.parameters()).dtype)
-        probs = visual_word_probabilities(tokenizer, pixels).flatten(0, 1)  # [N, K']
+        pixels = pixel_values[:max_crops].to(model.dtype)
+        probs = visual_word_probabilities(model, pixels).flatten(0, 1)  # [N, K']
     finally:
-        tokenizer.train(was_training)
+        for module, training in modes.items():  # exactly the modes it had
+            module.training = training
     stats["visual_entropy"] = float(token_entropy(probs).mean())
     stats["visual_eff_vocab"] = effective_vocabulary(probs.sum(0))  # [K'] usage
     return stats

@@ -1,10 +1,13 @@
 """Per-module learning rates: which parameters train, and at what rate.
 
-A stage's ``module_lr`` maps module names (`recipe.MODULE_KEYS`) to rates. Each parameter takes the
-rate of the *longest* name that contains it; a parameter no name covers, or whose rate is 0, is
-frozen (``requires_grad=False``) and left out of the optimizer, and so is a backbone final norm whose
-output Ovis never uses. ``visual_tokenizer.backbone.last_block``
-resolves to the backbone's last encoder layer, whatever the backbone calls it.
+A stage's ``module_lr`` maps module names (`recipe.MODULE_KEYS`) to rates. A name covers parameter-name
+prefixes: ``all`` everything, ``visual_tokenizer.backbone.last_block`` the backbone's last encoder
+layer (whatever the backbone calls it), any other name that module path, plus the parts of the
+connector it declares (`Connector.lr_keys`: the VET puts its head under ``visual_tokenizer`` and
+``visual_tokenizer.head``, its table under ``vte``; other connectors are ``connector``). Each
+parameter takes the rate of the *longest* prefix that contains it (the longer name on a tie); a
+parameter no name covers, or whose rate is 0, is frozen (``requires_grad=False``) and left out of the
+optimizer, and so is a backbone final norm whose output Ovis never uses.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ import torch
 from torch import nn
 
 from openovis.modeling.backbone import unused_parameter_names
+from openovis.modeling.connector import PREFIX as CONNECTOR
 
-_ALIASES = {
-    "all": "",
-    "visual_tokenizer.backbone.last_block": None,  # resolved per model
-}
+LAST_BLOCK = "visual_tokenizer.backbone.last_block"
 
 
 def last_block_prefix(model: nn.Module) -> str:
@@ -32,15 +33,22 @@ def last_block_prefix(model: nn.Module) -> str:
     return f"visual_tokenizer.backbone.{name}.{len(layers) - 1}"
 
 
+def module_prefixes(model: nn.Module, key: str) -> list[str]:
+    """The parameter-name prefixes a ``module_lr`` key covers (``""``: every parameter)."""
+    if key == "all":
+        return [""]
+    if key == LAST_BLOCK:
+        return [last_block_prefix(model)]
+    declared = type(model.connector).lr_keys
+    own = [f"{CONNECTOR}.{sub}" if sub else CONNECTOR for sub in declared.get(key, ())]
+    inside = key == CONNECTOR or key.startswith(CONNECTOR + ".")
+    return own if inside and key in declared else [*own, key]
+
+
 def _prefixes(model: nn.Module, module_lr: dict[str, float]) -> list[tuple[str, str, float]]:
-    """(key, parameter-name prefix, rate), longest prefix first."""
-    out = []
-    for key, lr in module_lr.items():
-        prefix = _ALIASES.get(key, key)
-        if prefix is None:
-            prefix = last_block_prefix(model)
-        out.append((key, prefix, lr))
-    return sorted(out, key=lambda item: len(item[1]), reverse=True)
+    """(key, parameter-name prefix, rate), longest prefix first (then the longest key)."""
+    out = [(key, prefix, lr) for key, lr in module_lr.items() for prefix in module_prefixes(model, key)]
+    return sorted(out, key=lambda item: (len(item[1]), len(item[0])), reverse=True)
 
 
 def assign_learning_rates(model: nn.Module, module_lr: dict[str, float]) -> dict[str, float]:
@@ -55,13 +63,21 @@ def assign_learning_rates(model: nn.Module, module_lr: dict[str, float]) -> dict
     for name, _ in model.named_parameters():
         rates[name] = 0.0
         for _key, prefix, lr in prefixes:
-            if prefix == "" or name == prefix or name.startswith(prefix + "."):
+            if _under(name, prefix):
                 rates[name] = 0.0 if name in unused else lr
                 break
-    for key, prefix, lr in prefixes:
-        if lr > 0 and prefix and not any(n == prefix or n.startswith(prefix + ".") for n in rates):
-            raise ValueError(f"module_lr.{key}: the model has no parameters under {prefix!r}")
+    for key, lr in module_lr.items():
+        covered = [p for k, p, _ in prefixes if k == key]
+        if lr > 0 and "" not in covered and not any(_under(n, p) for n in rates for p in covered):
+            raise ValueError(
+                f"module_lr.{key}: the model (connector {model.config.connector!r}) has no parameters under "
+                f"{(', '.join(covered) or key)!r}"
+            )
     return rates
+
+
+def _under(name: str, prefix: str) -> bool:
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
 def param_groups(

@@ -4,7 +4,12 @@ A recipe names the model, the run folder and one or more stages; each stage has 
 length, batch, schedule and a per-module learning-rate map where 0 (or absence) freezes a module::
 
     # openovis train recipes/tiny-shapes.yaml
-    model: {preset: tiny, overrides: {visual_vocab_size: 256}}
+    model:
+      preset: tiny
+      overrides: {visual_vocab_size: 256}
+      tokenizer: {train_on: corpus.txt}      # or a folder / hub id
+    data_root: data/shapes
+    generate: {source: shapes, config: {seed: 0}}   # (re)generated into data_root when it changes
     stages:
       - name: stage1-captions
         data: [{path: captions_train.jsonl, format: caption}]
@@ -58,6 +63,36 @@ class DataSourceSpec:
 
 
 @dataclass(frozen=True)
+class TokenizerTrainingSpec:
+    """A byte-level BPE trained on a text file of the data, for LLMs trained from scratch."""
+
+    train_on: str
+    """Text file, one sample per line, relative to ``data_root`` (e.g. a generated ``corpus.txt``)."""
+    vocab_size: int = 1024
+    """Exact vocabulary size, the specials and the 256 byte symbols included."""
+    folder: str | None = None
+    """Where to save it; one already there is reused (default: ``<output_dir>/tokenizer``)."""
+
+
+@dataclass(frozen=True)
+class GeneratedDataSpec:
+    """A dataset generated from code into ``data_root`` before training, and again when its config changes."""
+
+    source: str
+    """A registered generator (`openovis.data.generated.GENERATORS`), e.g. ``shapes``."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The generator's settings (for ``shapes``: `ShapesConfig` fields)."""
+
+    def __post_init__(self) -> None:
+        from openovis.data.generated import generator_config
+
+        try:
+            generator_config(self.source, self.config)
+        except ValueError as e:
+            raise ValueError(f"generate.{e}") from None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Where the model of the first stage comes from."""
 
@@ -67,12 +102,19 @@ class ModelSpec:
     """A folder saved by `save_pretrained` (instead of a preset)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """OvisConfig field overrides for the preset (``vision``/``text`` dicts for sub-configs)."""
-    tokenizer: str | None = None
-    """Tokenizer folder or hub id; ``shapes`` trains one on the Shapes World corpus."""
+    tokenizer: str | TokenizerTrainingSpec | None = None
+    """Tokenizer folder or hub id, or ``{train_on: FILE}`` to train one on the data (default: the checkpoint's)."""
     vision_path: str | None = None
     """Pretrained vision backbone (hub id or folder)."""
     llm_path: str | None = None
     """Pretrained LLM (hub id or folder)."""
+
+    def __post_init__(self) -> None:
+        if self.tokenizer == "shapes":  # what older recipes wrote
+            raise ValueError(
+                "model.tokenizer: 'shapes' is not a tokenizer; train one on the data's text with "
+                "tokenizer: {train_on: corpus.txt}"
+            )
 
 
 @dataclass(frozen=True)
@@ -147,8 +189,8 @@ class Recipe:
     """Recompute activations in the backward to save memory."""
     num_workers: int = 0
     """DataLoader workers per process."""
-    shapes: dict[str, Any] | None = None
-    """Generate Shapes World into ``data_root`` first when missing (ShapesConfig fields)."""
+    generate: GeneratedDataSpec | None = None
+    """A dataset to generate into ``data_root`` first (when missing or made with another config)."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Loggers: tensorboard, wandb (each used when installed)."""
 
@@ -182,6 +224,12 @@ def _check_stage(stage: StageSpec, where: str) -> None:
 
 
 # ---- parsing -------------------------------------------------------------------------------------
+RENAMED = {
+    ("Recipe", "shapes"): "generated data is now declared as generate: {source: shapes, config: {...}}",
+}
+"""Fields of older recipes, with what replaces them (named in the error)."""
+
+
 def parse(cls: type, data: Any, where: str) -> Any:
     """Builds dataclass ``cls`` from plain data, naming the path of any bad field."""
     if not isinstance(data, dict):
@@ -190,9 +238,9 @@ def parse(cls: type, data: Any, where: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - fields
     if unknown:
-        raise ValueError(
-            f"{_join(where, sorted(unknown)[0])}: unknown field; known: {', '.join(sorted(fields))}"
-        )
+        name = sorted(unknown)[0]
+        hint = f" ({RENAMED[cls.__name__, name]})" if (cls.__name__, name) in RENAMED else ""
+        raise ValueError(f"{_join(where, name)}: unknown field{hint}; known: {', '.join(sorted(fields))}")
     kwargs = {k: _value(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -210,10 +258,13 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         return [parse(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]
     if origin is Literal and value not in args:
         raise ValueError(f"{where}: must be one of {args}, got {value!r}")
-    if value is None or origin is not None and type(None) in args:  # Optional[...]
+    if value is None or origin is not None and type(None) in args:  # Optional[...], maybe a union
         inner = [a for a in args if a is not type(None)]
-        if value is not None and len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
-            return parse(inner[0], value, where)
+        classes = [a for a in inner if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(classes) == 1:  # a mapping is the union's dataclass
+            return parse(classes[0], value, where)
+        if value is not None and inner == classes:
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -260,7 +311,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.exists() and str(path) in shipped_recipes():
         path = shipped_recipes()[str(path)]
     if not path.exists():
-        raise FileNotFoundError(f"recipe {path} does not exist; shipped recipes: {', '.join(shipped_recipes())}")
+        raise FileNotFoundError(
+            f"recipe {path} does not exist; shipped recipes: {', '.join(shipped_recipes())}"
+        )
     data = yaml.safe_load(path.read_text()) or {}
     data = apply_overrides(data, overrides or [])
     return parse(Recipe, data, "")

@@ -1,8 +1,12 @@
 """`train(recipe)`: sets up data, tokenizer, model and accelerator, then runs the stages in order.
 
+The trainer knows no data set by name: a recipe may declare a generated data set
+(``generate: {source, config}``, see `openovis.data.generated`) and a tokenizer trained on a text
+file of the data; everything else is files under ``data_root``.
+
 Run folder layout::
 
-    <output_dir>/tokenizer/                 (when the recipe trains one)
+    <output_dir>/tokenizer/                 (when the recipe trains one: ``tokenizer: {train_on: FILE}``)
     <output_dir>/<stage>/checkpoints/step-N (resumable state, newest two kept)
     <output_dir>/<stage>/final/             (save_pretrained model + processor: load, chat, evaluate)
     <output_dir>/<stage>/loss.png, losses.json, stage_done.json
@@ -23,7 +27,7 @@ import torch
 
 from openovis.training.checkpoint import mark_stage_done, stage_done
 from openovis.training.loop import StageResult, train_stage
-from openovis.training.recipe import Recipe, StageSpec
+from openovis.training.recipe import Recipe, StageSpec, TokenizerTrainingSpec
 
 logger = logging.getLogger(__name__)
 
@@ -58,35 +62,31 @@ def _tracker_available(name: str) -> bool:
     return True
 
 
-def prepare_data_root(recipe: Recipe, accelerator: Any) -> Path:
-    """Generates Shapes World into ``data_root`` when the recipe asks for it and it is missing."""
+def prepare_data_root(recipe: Recipe, accelerator: Any, progress: bool = True) -> Path:
+    """``data_root``, with the recipe's generated dataset written there first when it is missing or stale."""
     root = Path(recipe.data_root)
-    if recipe.shapes is None:
+    if recipe.generate is None:
         return root
-    from openovis.data.shapes import ShapesConfig, generate_shapes_world
+    from openovis.data.generated import generate_if_changed
 
-    wanted = ShapesConfig(**recipe.shapes)
-    meta = root / "meta.json"
-    current = ShapesConfig(**json.loads(meta.read_text())["config"]) if meta.exists() else None
-    if current != wanted:  # missing, or generated with other settings: (re)generate
-        if accelerator.is_main_process:
-            generate_shapes_world(root, wanted)
-        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        generate_if_changed(root, recipe.generate.source, recipe.generate.config, progress=progress)
+    accelerator.wait_for_everyone()
     return root
 
 
 def prepare_tokenizer(recipe: Recipe, data_root: Path, accelerator: Any) -> Any:
-    """The recipe's tokenizer: trained on the Shapes World corpus (``shapes``), or loaded."""
+    """The recipe's tokenizer: trained on a text file of the data (``{train_on: FILE}``), or loaded."""
     from transformers import AutoTokenizer
 
     spec = recipe.model.tokenizer
-    if spec == "shapes":
-        folder = Path(recipe.output_dir) / "tokenizer"
+    if isinstance(spec, TokenizerTrainingSpec):
+        folder = Path(spec.folder) if spec.folder else Path(recipe.output_dir) / "tokenizer"
         if not (folder / "tokenizer.json").exists():
             if accelerator.is_main_process:
-                from openovis.data.text_tokenizer import tokenizer_for_shapes
+                from openovis.data.text_tokenizer import tokenizer_from_corpus
 
-                tokenizer_for_shapes(data_root, out_dir=folder)
+                tokenizer_from_corpus(data_root / spec.train_on, spec.vocab_size, out_dir=folder)
             accelerator.wait_for_everyone()
         return AutoTokenizer.from_pretrained(folder)
     if spec is None and recipe.model.checkpoint:
@@ -117,7 +117,9 @@ def build_processor(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> A
         return OvisProcessor.from_pretrained(recipe.model.checkpoint)
     preset = get_preset(recipe.model.preset or "tiny")
     stats = {"image_mean": preset.image_mean, "image_std": preset.image_std}
-    return OvisProcessor.from_model_config(model.config, tokenizer, image_stats=stats, max_partition=preset.max_partition)
+    return OvisProcessor.from_model_config(
+        model.config, tokenizer, image_stats=stats, max_partition=preset.max_partition
+    )
 
 
 def stage_dataset(stage: StageSpec, processor: Any, data_root: Path, seed: int) -> Any:
@@ -150,8 +152,8 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     """
     from accelerate.utils import set_seed
 
-    from openovis.data.collator import OvisCollator
     from openovis.modeling.ovis import OvisForConditionalGeneration
+    from openovis.processing.collator import OvisCollator
     from openovis.training.param_groups import reinit_last_block
 
     if resume not in (None, "auto"):
@@ -159,7 +161,7 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
     out = Path(recipe.output_dir)
     accelerator = _accelerator(recipe)
     set_seed(recipe.seed)
-    data_root = prepare_data_root(recipe, accelerator)
+    data_root = prepare_data_root(recipe, accelerator, progress)
     tokenizer = prepare_tokenizer(recipe, data_root, accelerator)
     model = build_initial_model(recipe, tokenizer)
     processor = build_processor(recipe, model, tokenizer)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Qwen2Config
 from transformers.models.ovis2.configuration_ovis2 import Ovis2VisionConfig
+from transformers.models.ovis2.modeling_ovis2 import hard_softmax
 
 from openovis import OvisForConditionalGeneration, build_model
 from openovis.convert import (
@@ -22,6 +23,8 @@ from openovis.convert import (
     openovis_to_hf_ovis2,
     rename_state_dict,
 )
+from openovis.modeling.connector import to_checkpoint_names
+from openovis.ops.vet import draw_seed, gumbel_noise
 
 K, N_IND, VOCAB, WIDTH = 64, 5, 96, 32
 ATOM, INDICATORS, PAD = 90, (91, 92, 93, 94, 95), 0
@@ -132,18 +135,30 @@ def probabilities_without_final_norm(
     return F.pad(probs, (0, N_IND))
 
 
+def gumbel_softmax_with_openovis_noise(logits: torch.Tensor, dim: int = -1, hard: bool = False):
+    """``F.gumbel_softmax(logits, hard=True)`` (τ = 1) with the Gumbel noise openovis draws."""
+    assert hard and dim in (-1, logits.dim() - 1)
+    h = logits.shape[-1]
+    noise = gumbel_noise(draw_seed(), 0, logits.numel() // h, h, logits.device).view_as(logits)
+    return hard_softmax(logits + noise, dim=dim)
+
+
 GRIDS = [((1, 1), (1, 2)), ((2, 2), (1, 1))]
 
 
 # ---- numerics ---------------------------------------------------------------------------------------
 @torch.no_grad()
 @pytest.mark.parametrize("tokenize_function", ["softmax", "st_argmax", "gumbel_argmax"])
-def test_visual_token_probabilities_match(tokenize_function: str) -> None:
+def test_visual_token_probabilities_match(tokenize_function: str, monkeypatch) -> None:
     hf = tiny_hf_ovis2(tokenize_function)
     ours = hf_ovis2_to_openovis(hf, vet_impl="reference")
     pixel_values = torch.randn(3, 3, CROP, CROP)
-    torch.manual_seed(1)  # gumbel_argmax: the same noise, drawn in the same order
-    got = ours.visual_tokenizer.probabilities(pixel_values)
+    # gumbel_argmax: the same noise. openovis draws it row by row from a seed (`openovis.ops.vet.gumbel_noise`,
+    # so that its fused op can redraw it); transformers' F.gumbel_softmax(hard=True) is its own straight-through
+    # argmax of (logits + noise), fed here the noise openovis draws from the same seed.
+    monkeypatch.setattr(F, "gumbel_softmax", gumbel_softmax_with_openovis_noise)
+    torch.manual_seed(1)
+    got = ours.visual_probabilities(pixel_values)
     torch.manual_seed(1)
     want = hf_probabilities(hf, pixel_values)
     assert got.shape == (3, T, K)
@@ -167,7 +182,7 @@ def test_merged_embeddings_and_logits_match(
     assert_close(embeds, hf_inputs_embeds(hf, batch))
     # indicator positions hold VET rows K-n+i; atom positions hold probs @ VET
     start = batch["input_ids"] == INDICATORS[0]
-    assert_close(embeds[start], ours.vte.weight[K - N_IND].expand(int(start.sum()), -1))
+    assert_close(embeds[start], ours.connector.vte.weight[K - N_IND].expand(int(start.sum()), -1))
     assert_close(ours(**batch).logits, hf(**batch).logits)
 
 
@@ -182,7 +197,7 @@ def test_loss_and_gradients_match() -> None:
     loss_ours.backward()
     loss_hf.backward()
     grads_hf = rename_state_dict({n: p.grad for n, p in hf.named_parameters()}, "hf_to_openovis")
-    grads_ours = {n: p.grad for n, p in ours.named_parameters()}
+    grads_ours = to_checkpoint_names({n: p.grad for n, p in ours.named_parameters()})
     assert set(grads_ours) <= set(grads_hf)
     for name, grad in grads_ours.items():
         assert_close(grad, grads_hf[name], msg=lambda m, n=name: f"{n}: {m}")
@@ -193,7 +208,7 @@ def test_pre_norm_gives_the_official_numerics() -> None:
     hf = tiny_hf_ovis2()
     official = hf_ovis2_to_openovis(hf, backbone_feature="pre_norm", vet_impl="reference")
     pixel_values = torch.randn(2, 3, CROP, CROP)
-    got = official.visual_tokenizer.probabilities(pixel_values)
+    got = official.visual_probabilities(pixel_values)
     theirs = hf_probabilities(hf, pixel_values)
     assert (got - theirs).abs().max() > 1e-2, "pre_norm must differ from transformers' post-norm features"
     assert_close(got, probabilities_without_final_norm(hf, pixel_values))
@@ -230,7 +245,7 @@ def test_round_trips_are_bit_identical() -> None:
 def test_dtype_is_kept() -> None:
     hf = tiny_hf_ovis2().to(torch.bfloat16)
     ours = hf_ovis2_to_openovis(hf, vet_impl="reference")
-    assert ours.vte.weight.dtype == torch.bfloat16
+    assert ours.connector.vte.weight.dtype == torch.bfloat16
     assert_same_state(hf, openovis_to_hf_ovis2(ours))
 
 

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from openovis.data.collator import OvisCollator
 from openovis.data.datasets import (
     DataSource,
     MixtureDataset,
@@ -24,8 +23,9 @@ from openovis.data.datasets import (
     read_records,
     resolve_image_path,
 )
-from openovis.data.skips import SkipCounter, SkippedSample, SkipReason, SkipSample
+from openovis.processing.collator import OvisCollator
 from openovis.processing.processor import OvisProcessor
+from openovis.skips import SkipCounter, SkippedSample, SkipReason, SkipSample
 
 
 def _processing_fixtures() -> ModuleType:

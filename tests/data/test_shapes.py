@@ -198,7 +198,9 @@ def test_simple_qa_is_single_turn_of_its_types_and_answers_follow_from_scene(wor
 def test_question_options_leave_the_other_files_unchanged(tmp_path: Path) -> None:
     base = ShapesConfig(n_train=12, n_test=7)
     generate_shapes_world(tmp_path / "a", base, progress=False)
-    generate_shapes_world(tmp_path / "b", ShapesConfig(n_train=12, n_test=7, simple_qa_types=()), progress=False)
+    generate_shapes_world(
+        tmp_path / "b", ShapesConfig(n_train=12, n_test=7, simple_qa_types=()), progress=False
+    )
     a, b = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
     assert set(a) - set(b) == {"qa_train_simple.json"}
     assert all(a[k] == b[k] for k in b if k != "meta.json")

@@ -20,7 +20,7 @@ from openovis.data.text_tokenizer import (
     SPECIAL_TOKENS,
     byte_level_tokenizer,
     min_vocab_size,
-    tokenizer_for_shapes,
+    tokenizer_from_corpus,
     train_text_tokenizer,
 )
 
@@ -42,7 +42,7 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tok(shapes_dir: Path) -> PreTrainedTokenizerBase:
-    return tokenizer_for_shapes(shapes_dir, vocab_size=512)
+    return tokenizer_from_corpus(shapes_dir / "corpus.txt", vocab_size=512)
 
 
 def test_specials_are_single_fixed_ids(tok: PreTrainedTokenizerBase) -> None:
@@ -130,7 +130,7 @@ def test_save_load_gives_identical_ids(tok: PreTrainedTokenizerBase, tmp_path: P
     )
 
 
-def test_tokenizer_for_shapes_saves_next_to_the_data(shapes_dir: Path, tok: PreTrainedTokenizerBase) -> None:
+def test_tokenizer_from_corpus_saves_next_to_the_data(shapes_dir: Path, tok: PreTrainedTokenizerBase) -> None:
     loaded = AutoTokenizer.from_pretrained(shapes_dir / "tokenizer")
     assert loaded.get_vocab() == tok.get_vocab()
 
@@ -143,3 +143,8 @@ def test_byte_level_fallback_encodes_anything(tmp_path: Path) -> None:
     assert tok.decode(ids) == text
     assert len(ids) == len(text.replace("<image>", "").encode()) + 1  # one id per byte, one for <image>
     assert AutoTokenizer.from_pretrained(tmp_path).encode(text) == ids
+
+
+def test_tokenizer_from_a_missing_corpus_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="corpus.txt: not found"):
+        tokenizer_from_corpus(tmp_path / "corpus.txt")

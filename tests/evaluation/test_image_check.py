@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from openovis import build_model
-from openovis.data.collator import OvisCollator, model_inputs
 from openovis.data.text_tokenizer import train_text_tokenizer
 from openovis.evaluation.image_check import format_image_check, image_check
+from openovis.processing.collator import OvisCollator, model_inputs
 from openovis.processing.processor import OvisProcessor
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (30, 160, 50), "yellow": (240, 200, 20)}
@@ -76,7 +76,7 @@ def test_a_model_whose_visual_tokens_ignore_the_image_has_no_gap(trained):
     blind = build_model("tiny", tokenizer=processor.tokenizer, vet_impl="reference")
     blind.load_state_dict(model.state_dict())
     with torch.no_grad():
-        blind.visual_tokenizer.head[0].weight.zero_()  # every visual token: the same distribution
+        blind.connector.head[0].weight.zero_()  # every visual token: the same distribution
     result = image_check(blind, processor, records, root)
     assert result["gap"] == pytest.approx(0.0, abs=1e-5)
 

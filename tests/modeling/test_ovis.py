@@ -9,7 +9,8 @@ from model_helpers import image_span
 from transformers import AutoModelForImageTextToText
 
 from openovis import OvisForConditionalGeneration, build_model
-from openovis.modeling.visual_tokenizer import merge_hidden_stride, tokenize
+from openovis.modeling.visual_tokenizer import merge_hidden_stride
+from openovis.ops.vet import tokenize_logits as tokenize
 
 
 def _batch(config, spans: list[list[int]], pad_left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,9 +31,9 @@ def test_stage_shapes(tiny_model):
     pixels = torch.randn(3, 3, 64, 64)
     features = vt.features(pixels)
     assert features.shape == (3, cfg.visual_tokens_per_crop, cfg.visual_feature_size)
-    logits = vt.logits(features)
+    logits = tiny_model.connector.logits(features)
     assert logits.shape == (3, 16, cfg.visual_vocab_size - cfg.num_indicators)
-    probs = vt.probabilities(pixels)
+    probs = tiny_model.visual_probabilities(pixels)
     assert probs.shape == (3, 16, cfg.visual_vocab_size)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, 16))
     assert probs[..., -cfg.num_indicators :].abs().max() == 0
@@ -49,8 +50,8 @@ def test_merge_matches_official_layout():
 
 def test_visual_embedding_is_expectation_over_vet(tiny_model):
     pixels = torch.randn(1, 3, 64, 64)
-    probs = tiny_model.visual_tokenizer.probabilities(pixels)  # [1, T, K]
-    expected = probs @ tiny_model.vte.weight
+    probs = tiny_model.visual_probabilities(pixels)  # [1, T, K]
+    expected = probs @ tiny_model.connector.vte.weight
     torch.testing.assert_close(tiny_model.visual_embeddings(pixels), expected)
 
 
@@ -64,10 +65,10 @@ def test_splice_puts_visual_tokens_and_indicator_rows_in_place(tiny_model):
     k, n = cfg.visual_vocab_size, cfg.num_indicators
     torch.testing.assert_close(embeds[0, 0], text[0, 0])
     torch.testing.assert_close(embeds[0, -1], text[0, -1])
-    torch.testing.assert_close(embeds[0, 1], tiny_model.vte.weight[k - n])  # <IMG_START>
+    torch.testing.assert_close(embeds[0, 1], tiny_model.connector.vte.weight[k - n])  # <IMG_START>
     torch.testing.assert_close(embeds[0, 2 : 2 + 16], visual)
-    torch.testing.assert_close(embeds[0, 18], tiny_model.vte.weight[k - n + 1])  # <IMG_GRID>
-    torch.testing.assert_close(embeds[0, 19], tiny_model.vte.weight[k - 1])  # <IMG_END>
+    torch.testing.assert_close(embeds[0, 18], tiny_model.connector.vte.weight[k - n + 1])  # <IMG_GRID>
+    torch.testing.assert_close(embeds[0, 19], tiny_model.connector.vte.weight[k - 1])  # <IMG_END>
 
 
 def test_gradients_reach_head_vet_backbone_and_llm(tiny_model):
@@ -76,9 +77,9 @@ def test_gradients_reach_head_vet_backbone_and_llm(tiny_model):
     out = tiny_model(input_ids=ids, pixel_values=torch.randn(1, 3, 64, 64), labels=ids)
     out.loss.backward()
     parts = {
-        "head": tiny_model.visual_tokenizer.head[0].weight,
-        "head_norm": tiny_model.visual_tokenizer.head[1].weight,
-        "vte": tiny_model.vte.weight,
+        "head": tiny_model.connector.head[0].weight,
+        "head_norm": tiny_model.connector.head[1].weight,
+        "vte": tiny_model.connector.vte.weight,
         "backbone": next(tiny_model.visual_tokenizer.backbone.parameters()),
         "llm": tiny_model.llm.model.layers[0].mlp.up_proj.weight,
     }
@@ -86,7 +87,7 @@ def test_gradients_reach_head_vet_backbone_and_llm(tiny_model):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     # Every indicator row used gets a gradient; unused visual words still get one through the softmax.
     k, n = cfg.visual_vocab_size, cfg.num_indicators
-    assert tiny_model.vte.weight.grad[k - n].abs().sum() > 0
+    assert tiny_model.connector.vte.weight.grad[k - n].abs().sum() > 0
 
 
 def test_st_argmax_is_one_hot_forward_with_soft_gradient():
@@ -165,7 +166,11 @@ def _greedy_without_cache(model, ids, mask, pixels, steps):
     for _ in range(steps):
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids, pixel_values=pixels, use_cache=False
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            pixel_values=pixels,
+            use_cache=False,
         ).logits
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)
@@ -181,7 +186,12 @@ def test_greedy_generate_with_cache_equals_stepwise_without(tiny_model):
     with torch.no_grad():
         expected = _greedy_without_cache(tiny_model, ids, mask, pixels, steps=6)
         got = tiny_model.generate(
-            input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=6, do_sample=False, min_new_tokens=6
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=pixels,
+            max_new_tokens=6,
+            do_sample=False,
+            min_new_tokens=6,
         )
     assert torch.equal(got, expected)
 
@@ -189,7 +199,9 @@ def test_greedy_generate_with_cache_equals_stepwise_without(tiny_model):
 def test_mlp_connector_is_a_drop_in_replacement():
     model = build_model("tiny", connector="mlp").eval()
     cfg = model.config
-    assert model.vte is None and model.visual_tokenizer.head is None
+    assert model.connector.indicator_embeddings() is None and not hasattr(model.connector, "vte")
+    with pytest.raises(NotImplementedError, match="no visual vocabulary"):
+        model.visual_probabilities(torch.randn(1, 3, 64, 64))
     ids = torch.tensor([[5, *image_span(cfg), 6]])
     out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 64, 64), labels=ids)
     out.loss.backward()
@@ -212,7 +224,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
             model.gradient_checkpointing_enable()
             assert model.llm.model.gradient_checkpointing
         model(input_ids=ids, pixel_values=pixels, labels=ids).loss.backward()
-        grads.append(model.vte.weight.grad.clone())
+        grads.append(model.connector.vte.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
 
 

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from openovis.constants import IGNORE_INDEX, IMAGE_ATOM, INDICATOR_TOKENS_OVIS2
-from openovis.data.skips import SkipReason, SkipSample
 from openovis.processing.conversation import (
     Message,
     TokenSequence,
@@ -21,6 +20,7 @@ from openovis.processing.conversation import (
 )
 from openovis.processing.image import ImageProcessingConfig
 from openovis.processing.processor import OvisProcessor
+from openovis.skips import SkipReason, SkipSample
 
 TWO_TURNS = [
     {"from": "system", "value": "Be brief."},

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from openovis.data.skips import SkipReason, SkipSample
 from openovis.processing.image import (
     ImageProcessingConfig,
     covering_ratio,
@@ -22,6 +21,7 @@ from openovis.processing.image import (
     select_grid,
     to_rgb,
 )
+from openovis.skips import SkipReason, SkipSample
 
 ConfigFactory = Callable[..., ImageProcessingConfig]
 

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 from openovis.constants import IGNORE_INDEX
-from openovis.data.collator import OvisCollator
+from openovis.processing.collator import OvisCollator
 
 WORDS = [
     "<pad>",

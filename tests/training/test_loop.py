@@ -63,9 +63,9 @@ def test_module_rates_reach_the_optimizer_and_frozen_parts_stay_put(tmp_path):
         torch.optim.AdamW.step = original
     last = last_block_prefix(model)
     for name, p in model.named_parameters():
-        if name.startswith("visual_tokenizer.head"):
+        if name.startswith("connector.head"):  # visual_tokenizer.head.* in checkpoints
             expected = 1e-3
-        elif name == "vte.weight":
+        elif name == "connector.vte.weight":  # vte.weight in checkpoints
             expected = 2e-3
         elif name.startswith(last + "."):
             expected = 5e-4
@@ -79,9 +79,9 @@ def test_module_rates_reach_the_optimizer_and_frozen_parts_stay_put(tmp_path):
 def test_longest_prefix_wins_and_all_covers_the_rest():
     model = build_model("tiny")
     rates = assign_learning_rates(model, {"all": 1.0, "llm": 0.0, "vte": 3.0})
-    assert rates["vte.weight"] == 3.0
+    assert rates["connector.vte.weight"] == 3.0
     assert all(r == 0.0 for n, r in rates.items() if n.startswith("llm."))
-    assert rates["visual_tokenizer.head.0.weight"] == 1.0
+    assert rates["connector.head.0.weight"] == 1.0
 
 
 def test_unknown_prefix_for_a_connector_the_model_lacks_is_an_error():

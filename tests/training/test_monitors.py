@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from helpers import ColourImages, collator
 
 from openovis import build_model
-from openovis.evaluation.analysis import effective_vocabulary, rms_row_norm, token_entropy
+from openovis.modeling.visual_words import effective_vocabulary, rms_row_norm, token_entropy
 from openovis.training.loop import monitor_statistics, train_stage
 from openovis.training.recipe import DataSourceSpec, StageSpec
 
@@ -49,7 +49,7 @@ def test_vet_monitors_are_logged_with_the_loss_and_in_range(tmp_path):
         assert 0 <= values["s/visual_entropy"] <= math.log(words)
         assert 1 <= values["s/visual_eff_vocab"] <= words
     # The last log follows the last optimizer step: its norms are those of the trained tables.
-    assert logged[3]["s/vte_rms"] == pytest.approx(rms_row_norm(model.vte.weight))
+    assert logged[3]["s/vte_rms"] == pytest.approx(rms_row_norm(model.connector.vte.weight))
     assert logged[3]["s/text_embed_rms"] == pytest.approx(rms_row_norm(model.get_input_embeddings().weight))
 
 
@@ -70,10 +70,12 @@ def test_monitor_statistics_match_the_full_distributions_and_leave_no_trace():
     assert model.visual_tokenizer.training
     with torch.no_grad():
         model.eval()
-        probs = model.visual_tokenizer.probabilities(pixels).flatten(0, 1)  # [N, K], softmax
+        probs = model.visual_probabilities(pixels).flatten(0, 1)  # [N, K], softmax
     assert stats["visual_entropy"] == pytest.approx(float(token_entropy(probs, n).mean()), rel=1e-5)
     assert stats["visual_eff_vocab"] == pytest.approx(effective_vocabulary(probs[:, :-n].sum(0)), rel=1e-5)
-    assert stats["vte_rms"] == pytest.approx(float(model.vte.weight.detach().pow(2).sum(-1).mean().sqrt()))
+    assert stats["vte_rms"] == pytest.approx(
+        float(model.connector.vte.weight.detach().pow(2).sum(-1).mean().sqrt())
+    )
     # Only the first `max_crops` crops count; without images only the norms remain.
     one = monitor_statistics(model, pixels, max_crops=1)
     assert one["visual_entropy"] == pytest.approx(monitor_statistics(model, pixels[:1])["visual_entropy"])

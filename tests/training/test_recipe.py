@@ -7,7 +7,15 @@ import torch
 
 from openovis.builders import build_model
 from openovis.training.param_groups import assign_learning_rates
-from openovis.training.recipe import Recipe, apply_overrides, load_recipe, parse, shipped_recipes
+from openovis.training.recipe import (
+    GeneratedDataSpec,
+    Recipe,
+    TokenizerTrainingSpec,
+    apply_overrides,
+    load_recipe,
+    parse,
+    shipped_recipes,
+)
 
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
@@ -29,7 +37,9 @@ def test_shipped_defaults():
 
 
 def test_recipe_path_and_overrides(tmp_path):
-    recipe = load_recipe("recipes/tiny-shapes.yaml", ["stages.1.max_steps=7", "seed=3", "model.overrides.vet_impl=reference"])
+    recipe = load_recipe(
+        "recipes/tiny-shapes.yaml", ["stages.1.max_steps=7", "seed=3", "model.overrides.vet_impl=reference"]
+    )
     assert recipe.stages[1].max_steps == 7 and recipe.seed == 3
     assert recipe.model.overrides == {"vet_impl": "reference"}
 
@@ -47,9 +57,31 @@ def _minimal(**stage):
         (_minimal(module_lr={"vte": 0.0}), "every module is frozen"),
         (_minimal(max_steps=0), "stages.0.max_steps: must be >= 1"),
         (_minimal(batch_size="big"), "stages.0.batch_size: expected int"),
-        ({"stages": [{"name": "s", "data": [{"path": "x", "format": "csv"}], "module_lr": {"vte": 1.0}}]}, r"stages.0.data.0.format: must be one of"),
+        (
+            {"stages": [{"name": "s", "data": [{"path": "x", "format": "csv"}], "module_lr": {"vte": 1.0}}]},
+            r"stages.0.data.0.format: must be one of",
+        ),
         ({**_minimal(), "precision": "fp8"}, "precision: must be one of"),
         ({**_minimal(), "model": {"preset": None}}, "model: give exactly one of preset or checkpoint"),
+        (
+            {**_minimal(), "shapes": {"seed": 0}},
+            r"shapes: unknown field \(generated data is now declared as generate:",
+        ),
+        ({**_minimal(), "generate": {"source": "mnist"}}, "generate.source: unknown generator 'mnist'"),
+        (
+            {**_minimal(), "generate": {"source": "shapes", "config": {"n_train": 0}}},
+            "generate.config.n_train: must be in",
+        ),
+        (
+            {**_minimal(), "generate": {"source": "shapes", "config": {"sizes": 2}}},
+            "generate.config.sizes: unknown setting",
+        ),
+        ({**_minimal(), "model": {"tokenizer": "shapes"}}, "model.tokenizer: 'shapes' is not a tokenizer"),
+        ({**_minimal(), "model": {"tokenizer": {"vocab_size": 300}}}, "model.tokenizer: .*train_on"),
+        (
+            {**_minimal(), "model": {"tokenizer": {"train_on": "c.txt", "size": 3}}},
+            "model.tokenizer.size: unknown field",
+        ),
     ],
 )
 def test_malformed_recipes_name_the_field(data, message):
@@ -67,3 +99,10 @@ def test_apply_overrides_parses_yaml_values():
     assert data == {"stages": [{"a": 2.5e-3}], "x": {"y": [1, 2]}}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         apply_overrides({}, ["novalue"])
+
+
+def test_generated_data_and_trained_tokenizer_are_declared_not_named():
+    recipe = load_recipe("tiny-shapes", ["generate.config.n_train=100", "model.tokenizer.vocab_size=512"])
+    assert recipe.generate == GeneratedDataSpec("shapes", {"seed": 0, "n_train": 100})
+    assert recipe.model.tokenizer == TokenizerTrainingSpec(train_on="corpus.txt", vocab_size=512)
+    assert load_recipe("ovis2-2b").model.tokenizer == "Qwen/Qwen2.5-1.5B-Instruct"  # a hub id stays a string

@@ -6,21 +6,23 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from openovis.cli import app
-from openovis.evaluation import ablation
-from openovis.evaluation.ablation import (
-    AblationConfig,
+from openovis.experiments import ablation, grid
+from openovis.experiments.ablation import AblationConfig, grid_runs
+from openovis.experiments.grid import (
     Run,
     Workspace,
-    aggregate,
-    grid_runs,
     paper_stages,
     recipe_data,
     with_mlp_connector,
     with_stages,
 )
+from openovis.experiments.shapes import SPLITS
+from openovis.experiments.tables import aggregate
 from openovis.training.recipe import Recipe, parse
 
 TYPES = ("color", "shape")
@@ -67,6 +69,33 @@ def test_unknown_experiment_and_seeds():
         AblationConfig("dropout")
     with pytest.raises(ValueError, match="seeds"):
         AblationConfig("vocab", seeds=0)
+    with pytest.raises(ValueError, match="device: must be one of .*got 'tpu'"):
+        AblationConfig("vocab", device="tpu")
+
+
+def test_models_are_evaluated_on_the_configured_device(tmp_path, monkeypatch):
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def load(folder, device=None, dtype=None):
+        seen["device"] = device
+        raise Loaded
+
+    monkeypatch.setattr("openovis.training.run.train", lambda recipe, **_: {"final_model": str(tmp_path)})
+    monkeypatch.setattr("openovis.inference.OvisPipeline.from_pretrained", load)
+    ws = AblationConfig("connector", tmp_path, device="cpu").workspace()
+    with pytest.raises(Loaded):
+        grid.run(grid_runs(AblationConfig("connector", tmp_path), ws)[0], ws)
+    assert seen["device"] == torch.device("cpu")
+
+
+def test_recipes_without_shapes_world_are_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**recipe_data("tiny-shapes"), "generate": None}))
+    with pytest.raises(ValueError, match="must generate it"):
+        Workspace(tmp_path).base(str(recipe))
 
 
 def test_run_key_ignores_locations_and_sees_everything_else(tmp_path):
@@ -75,7 +104,7 @@ def test_run_key_ignores_locations_and_sees_everything_else(tmp_path):
     assert base["model"]["tokenizer"] != moved["model"]["tokenizer"]
     assert Run("vet", 0, base).key() == Run("vet", 0, moved).key()
     assert Run("vet", 0, base).key() != Run("vet", 1, base).key()
-    assert Run("vet", 0, base).key() != Run("vet", 0, ablation.with_vocab(base, 64)).key()
+    assert Run("vet", 0, base).key() != Run("vet", 0, grid.with_vocab(base, 64)).key()
     quick = Workspace(tmp_path, quick=True).base("tiny-shapes")
     assert Run("vet", 0, base).key() != Run("vet", 0, quick).key()
 
@@ -106,7 +135,7 @@ def _fake_result(point: Run, ws: Workspace, accuracy: float) -> dict:
         "final_loss": 0.5,
         "params": 100,
         "connector_params": 10,
-        "eval": {split: metrics for split in ablation.SPLITS},
+        "eval": {split: metrics for split in SPLITS},
         "usage": {"effective_vocab": 4.0, "mean_entropy": 1.0, "argmax_words": 3},
     }
 
@@ -122,9 +151,9 @@ def test_finished_runs_are_reused_not_recomputed(tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr("openovis.training.run.train", no_training)
-    result = ablation.run(point, ws)
+    result = grid.run(point, ws)
     assert result["cached"] and result["eval"]["in-distribution"]["overall"] == 0.7
-    again = ablation.run(Run("another label", point.seed, point.recipe), ws)
+    again = grid.run(Run("another label", point.seed, point.recipe), ws)
     assert again["cached"] and again["label"] == "another label"
 
 
@@ -149,10 +178,10 @@ def test_run_ablation_writes_table_plot_and_json(tmp_path, monkeypatch, experime
         calls.append(point.label)
         return {**_fake_result(point, ws, next(accuracies)), "cached": False}
 
-    monkeypatch.setattr(ablation, "run", fake_run)
+    monkeypatch.setattr(grid, "run", fake_run)
     monkeypatch.setattr(Workspace, "prepare", lambda self: None)
-    monkeypatch.setattr(ablation, "chance_levels", lambda path: {"color": 0.125, "shape": 0.2})
-    monkeypatch.setattr(ablation, "majority_levels", lambda path: {"color": 0.3, "shape": 0.5})
+    monkeypatch.setattr(grid, "chance_levels", lambda path: {"color": 0.125, "shape": 0.2})
+    monkeypatch.setattr(grid, "majority_levels", lambda path: {"color": 0.3, "shape": 0.5})
     values = ["16", "64", "256"] if experiment == "vocab" else ["1", "3", "1+2+3"]
     results = ablation.run_ablation(
         AblationConfig(experiment, tmp_path, seeds=2, values=values, progress=False)
@@ -173,8 +202,10 @@ def test_run_ablation_writes_table_plot_and_json(tmp_path, monkeypatch, experime
 
 def test_cli_rejects_an_unknown_experiment(tmp_path):
     res = CliRunner().invoke(app, ["ablate", "dropout", "--out", str(tmp_path)])
-    assert res.exit_code != 0
-    assert "experiment: must be one of" in str(res.exception)
+    assert res.exit_code == 2  # refused when the command line is parsed, with the choices named
+    assert all(f"'{word}'" in res.output for word in ("dropout", "connector", "vocab", "stages"))
+    with pytest.raises(ValueError, match="experiment: must be one of"):
+        AblationConfig("dropout", out=tmp_path)
 
 
 def test_cli_help_lists_the_options():
@@ -185,9 +216,9 @@ def test_cli_help_lists_the_options():
 
 
 def test_shipped_recipes_resolve():
-    assert Path(ablation.recipe_data("tiny-shapes")["output_dir"]).name == "tiny-shapes"
+    assert Path(recipe_data("tiny-shapes")["output_dir"]).name == "tiny-shapes"
     with pytest.raises(FileNotFoundError, match="shipped recipes"):
-        ablation.recipe_data("no-such-recipe")
+        recipe_data("no-such-recipe")
 
 
 def test_step_multiplier_scales_every_stage_and_changes_the_run(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from openovis.constants import IGNORE_INDEX
-from openovis.data.collator import MODEL_INPUT_KEYS, OvisCollator, model_inputs
-from openovis.data.skips import SkipCounter, SkippedSample, SkipReason
+from openovis.processing.collator import MODEL_INPUT_KEYS, OvisCollator, model_inputs
+from openovis.skips import SkipCounter, SkippedSample, SkipReason
 
 PAD = 0
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from openovis.constants import IGNORE_INDEX
-from openovis.data.skips import SkippedSample
+from openovis.skips import SkippedSample
 
 PaddingSide = Literal["right", "left"]
 
@@ -54,7 +54,7 @@ def pad_sequences(
 
 
 class OvisCollator:
-    """Collates processed samples, dropping :class:`~openovis.data.skips.SkippedSample` entries.
+    """Collates processed samples, dropping :class:`~openovis.skips.SkippedSample` entries.
 
     Args:
         pad_token_id: Id written into padded ``input_ids`` positions.

@@ -1,4 +1,4 @@
-"""The demo report: Markdown with the accuracy table, and the PNGs a person would rather look at."""
+"""The demo report (`openovis demo`): Markdown with the accuracy table, and the PNGs a person would rather look at."""
 
 from __future__ import annotations
 
@@ -8,18 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from openovis.evaluation.ablation import format_cell
-from openovis.evaluation.analysis import plot_visual_words, top_visual_words
-from openovis.plots import _pyplot, smooth
-
-__all__ = [
-    "accuracy_table",
-    "plot_accuracy",
-    "plot_stage_losses",
-    "plot_visual_words",
-    "top_visual_words",
-    "write_report",
-]
+from openovis.experiments.analysis.figures import plot_visual_words
+from openovis.experiments.shapes import in_distribution_images
+from openovis.experiments.tables import format_cell, plot_grouped_accuracy
+from openovis.options import Device, torch_device
+from openovis.plots import pyplot, smooth
 
 
 def accuracy_table(results: dict[str, Any]) -> str:
@@ -44,15 +37,13 @@ def accuracy_table(results: dict[str, Any]) -> str:
 
 def plot_accuracy(results: dict[str, Any], path: Path) -> Path:
     """Grouped bars per question type: VET vs MLP with the chance level, one panel per split."""
-    from openovis.evaluation.ablation import plot_grouped_accuracy
-
     table = {connector.upper(): cells for connector, cells in results["table"].items()}
     return plot_grouped_accuracy(table, results["chance"], path)
 
 
 def plot_stage_losses(results: dict[str, Any], path: Path) -> Path:
     """One panel per stage: smoothed loss of every run (VET solid, MLP dashed)."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = results["runs"]
     stages = [s["stage"] for s in runs[0]["stages"]]
     fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.2), dpi=110)
@@ -73,17 +64,16 @@ def plot_stage_losses(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_report(out: Path, results: dict[str, Any]) -> Path:
-    """Writes report.md and its figures into ``out``."""
+def write_report(out: Path, results: dict[str, Any], device: Device = "auto") -> Path:
+    """Writes report.md and its figures into ``out``; the VET model is run on ``device`` for its visual words."""
     from openovis.inference import OvisPipeline
 
     plot_accuracy(results, out / "accuracy.png")
     plot_stage_losses(results, out / "loss_curves.png")
     vet = next(r for r in results["runs"] if r["connector"] == "vet")
-    test_images = sorted((Path(results["data"]) / "images" / "test_id").glob("*.png"))[:6]
-    plot_visual_words(
-        OvisPipeline.from_pretrained(vet["model"], device="cpu"), test_images, out / "visual_words.png"
-    )
+    pipeline = OvisPipeline.from_pretrained(vet["model"], device=torch_device(device))
+    images = in_distribution_images(Path(results["data"]), 6)
+    plot_visual_words(pipeline, images, out / "visual_words.png")
     out.joinpath("report.md").write_text(_markdown(results))
     return out / "report.md"
 
@@ -163,7 +153,8 @@ data, steps and learning rates (recipe `{cfg.get("recipe", "tiny-shapes")}` and 
 {"Quick mode: a smaller data set and 1/10 of the steps (a smoke run, not a measurement)." if cfg["quick"] else ""}
 
 - Wall time: **{results["seconds"] / 60:.1f} min** for everything ({len(runs)} models; seeds: {cfg["seeds"]}) on
-  {machine["threads"]} CPU threads (torch {machine["torch"]}, Python {machine["python"]}).
+  {machine["threads"]} CPU threads (torch {machine["torch"]}, Python {machine["python"]}){", " + machine["gpu"] if "gpu" in machine else ""};
+  models evaluated on {results.get("device", "cpu")}.
 - Steps: {cfg["step_scale"]}× those of the recipes (`openovis demo --steps X` changes it; the
   default keeps the demo within about 10 minutes on 2 CPU cores).
 - Data: Shapes World {json.dumps(cfg["shapes"])} (defaults otherwise; see `data/meta.json`).

@@ -116,7 +116,7 @@ class SkipCounter:
             self.reasons.update({str(k): int(v) for k, v in skipped.items()})
 
     def add_batch(self, batch: Mapping[str, Any]) -> None:
-        """Adds the counts an :class:`~openovis.data.collator.OvisCollator` batch carries."""
+        """Adds the counts an :class:`~openovis.processing.collator.OvisCollator` batch carries."""
         self.add_counts(batch["num_samples"], batch["skipped"])
 
     def merge(self, others: Iterable[SkipCounter | Mapping[str, Any]]) -> SkipCounter:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from openovis.evaluation.report import ABOVE_CHANCE, accuracy_table, reading
 from openovis.evaluation.runner import majority_levels
+from openovis.experiments.report import ABOVE_CHANCE, accuracy_table, reading
 
 
 def test_majority_levels_is_the_best_constant_answer(tmp_path):

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openovis.evaluation.ablation import AblationConfig, Workspace, grid_runs, run_grid
+from openovis.experiments.ablation import AblationConfig, grid_runs
+from openovis.experiments.grid import run_grid
+from openovis.options import Device, check_device
 
 DEFAULT_RECIPE = "tiny-shapes-curriculum"
 """The demo's recipe: colour/shape/count single-turn QA first, then the full question mixture."""
@@ -41,6 +43,8 @@ class DemoConfig:
     """Show progress bars."""
     steps: float | None = None
     """Multiplier of the recipe's steps (default `DEFAULT_STEPS`, 0.1 with ``quick``)."""
+    device: Device = "auto"
+    """Where the trained models are evaluated and drawn: auto (CUDA when present), cpu or cuda."""
     recipe: str = DEFAULT_RECIPE
     """Recipe of the VET model (a shipped name or a path); the MLP twin is derived from it."""
 
@@ -49,20 +53,30 @@ class DemoConfig:
             raise ValueError(f"seeds: must be >= 1, got {self.seeds}")
         if self.steps is not None and not self.steps > 0:
             raise ValueError(f"steps: the step multiplier must be > 0, got {self.steps}")
+        check_device(self.device)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Runs the whole demo and writes the report; returns the results (also in results.json).
 
-    The demo is the ``connector`` experiment of `openovis.evaluation.ablation` on the default recipe,
+    The demo is the ``connector`` experiment of `openovis.experiments.ablation` on the default recipe,
     with a report of its own; runs already finished in ``cfg.out`` are reused.
     """
-    from openovis.evaluation.report import write_report
+    from openovis.experiments.report import write_report
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     steps = cfg.steps if cfg.steps is not None else (None if cfg.quick else DEFAULT_STEPS)
-    ws = Workspace(cfg.out, quick=cfg.quick, progress=cfg.progress, steps=steps)
-    ablation = AblationConfig("connector", cfg.out, seeds=cfg.seeds, quick=cfg.quick, steps=steps, recipe=cfg.recipe)
+    ablation = AblationConfig(
+        "connector",
+        cfg.out,
+        seeds=cfg.seeds,
+        quick=cfg.quick,
+        steps=steps,
+        device=cfg.device,
+        progress=cfg.progress,
+        recipe=cfg.recipe,
+    )
+    ws = ablation.workspace()
     grid = grid_runs(ablation, ws)
     results = run_grid(grid, ws)
     results["config"] = {
@@ -73,7 +87,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "step_scale": results["step_scale"],
     }
     (cfg.out / "results.json").write_text(json.dumps(results, indent=1))
-    write_report(cfg.out, results)
+    write_report(cfg.out, results, device=cfg.device)
     return results
 
 
