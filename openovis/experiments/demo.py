@@ -26,7 +26,8 @@ from openovis.options import Device, check_device
 DEFAULT_RECIPE = "tiny-shapes-curriculum"
 """The demo's recipe: colour/shape/count single-turn QA first, then the full question mixture."""
 DEFAULT_STEPS = 1.0
-"""The default demo trains the recipe's steps: both models in about 10 minutes on 2 CPU cores."""
+"""The default demo trains the recipe's steps: both models in an estimated 10-12 minutes on 2 quiet CPU cores
+(20-21 min measured per model, concurrently, on a loaded machine; README)."""
 
 
 @dataclass(frozen=True)
