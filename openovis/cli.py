@@ -291,6 +291,13 @@ def evaluate(
         bool,
         typer.Option(help="Skip text-only rows (reason 'no image') instead of asking them without an image."),
     ] = False,
+    image_check: Annotated[
+        bool,
+        typer.Option(
+            help="Also compare the answers' loss with each question's own image vs a mismatched one "
+            "(a gap near 0: the model answers without reading the image)."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a model: accuracy overall and per question type, with chance levels, and every prediction.
 
@@ -308,11 +315,16 @@ def evaluate(
         limit,
         device=device,
         require_images=require_images,
+        check_images=image_check,
     )
     typer.echo(format_table(result["metrics"]))
     typer.echo(
         result["skip_summary"] + (" (see skipped_rows in the results JSON)" if result["skipped"] else "")
     )
+    if image_check:
+        from openovis.evaluation.image_check import format_image_check
+
+        typer.echo("image check (nats per answer token): " + format_image_check(result["image_check"]))
     typer.echo(f"predictions: {result['path']}")
 
 

@@ -54,6 +54,8 @@ class OvisConfig(PretrainedConfig):
             Ovis); ``post_norm`` applies it (transformers' Ovis2).
         head_norm_eps: LayerNorm epsilon of the visual head.
         vte_init_std: Std of the VET's normal initialization (LM-embedding scale works best from scratch).
+        mlp_out_init_std: Std of the normal initialization of the MLP connector's output layer (None: the
+            LLM's ``initializer_range``); lower it to start the visual tokens at the text embeddings' scale.
         image_atom_id: Text-vocabulary id of ``<IMG_ATOM>``, the position of one visual token.
         indicator_token_ids: Text-vocabulary ids of ``indicator_tokens``, same order.
         image_atom_token: The atom token string.
@@ -78,6 +80,7 @@ class OvisConfig(PretrainedConfig):
         backbone_feature: BackboneFeature = "pre_norm",
         head_norm_eps: float = 1e-5,
         vte_init_std: float = 0.02,
+        mlp_out_init_std: float | None = None,
         image_atom_id: int | None = None,
         indicator_token_ids: list[int] | tuple[int, ...] | None = None,
         image_atom_token: str = IMAGE_ATOM,
@@ -97,6 +100,7 @@ class OvisConfig(PretrainedConfig):
         self.backbone_feature = backbone_feature
         self.head_norm_eps = head_norm_eps
         self.vte_init_std = vte_init_std
+        self.mlp_out_init_std = mlp_out_init_std
         self.image_atom_id = image_atom_id
         self.indicator_token_ids = list(indicator_token_ids) if indicator_token_ids is not None else None
         self.image_atom_token = image_atom_token

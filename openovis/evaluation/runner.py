@@ -366,17 +366,29 @@ def run_eval(
     progress: bool = True,
     device: str | None = None,
     require_images: bool = False,
+    check_images: bool = False,
 ) -> dict[str, Any]:
     """Loads a model folder, evaluates it on ``data`` and writes the results JSON (default: beside the model).
 
     Bad rows are skipped and counted (see :func:`evaluate`); a missing data file or a damaged model
-    folder raises (FileNotFoundError, :class:`~openovis.integrity.CheckpointError`).
+    folder raises (FileNotFoundError, :class:`~openovis.integrity.CheckpointError`). With
+    ``check_images`` the result also holds ``image_check``: the answers' loss with each question's
+    own image vs a mismatched one (`openovis.evaluation.image_check`; conversation files only).
     """
     from openovis.inference import OvisPipeline
 
+    if check_images and Path(data).suffix == ".tsv":
+        raise ValueError("image check: needs a conversation JSON/JSONL test set, not a TSV")
     records = load_records(data, image_root, require_images)[:limit]
     pipeline = OvisPipeline.from_pretrained(model_dir, device=device)
     result = evaluate(pipeline, records, batch_size, max_new_tokens, progress, chance_levels(data))
+    if check_images:
+        from openovis.data.datasets import read_records
+        from openovis.evaluation.image_check import image_check
+
+        raw = read_records(data)[:limit]
+        root = Path(image_root) if image_root else Path(data).parent
+        result["image_check"] = image_check(pipeline.model, pipeline.processor, raw, root, batch_size)
     result.update(model=str(model_dir), data=str(data))
     out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

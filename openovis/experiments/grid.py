@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import yaml
 
+from openovis.data.datasets import read_records
+from openovis.evaluation.image_check import image_check
 from openovis.evaluation.runner import chance_levels, evaluate, load_records, majority_levels
 from openovis.experiments.shapes import (
     SOURCE,
@@ -272,6 +274,17 @@ def evaluate_splits(pipeline: Any, data: Path, model_dir: Path, progress: bool) 
     return evals
 
 
+IMAGE_CHECK_KEYS = ("own", "mismatched", "gap", "gap_per_type", "answer_tokens")
+"""What a run's result keeps of `openovis.evaluation.image_check.image_check`."""
+
+
+def image_check_summary(pipeline: Any, data: Path) -> dict[str, Any]:
+    """Answer loss on the in-distribution test split with own vs mismatched images (does it read them?)."""
+    records = read_records(data / SPLITS["in-distribution"])
+    check = image_check(pipeline.model, pipeline.processor, records, data)
+    return {k: check[k] for k in IMAGE_CHECK_KEYS}
+
+
 def run(point: Run, ws: Workspace) -> dict[str, Any]:
     """Trains and evaluates one grid point, or returns its stored result when it already finished."""
     from openovis.inference import OvisPipeline
@@ -302,6 +315,7 @@ def run(point: Run, ws: Workspace) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "connector_params": connector_params(model),
         "eval": evaluate_splits(pipe, ws.data, Path(summary["final_model"]), ws.progress),
+        "image_check": image_check_summary(pipe, ws.data),
     }
     if visual_table(model) is not None:
         result["usage"] = usage_summary(pipe, in_distribution_images(ws.data, USAGE_IMAGES))

@@ -114,6 +114,21 @@ def reading(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def image_check_table(results: dict[str, Any]) -> str:
+    """Answer loss with own vs mismatched images, per run (see `openovis.evaluation.image_check`)."""
+    rows = [
+        f"| {r['connector'].upper()} seed {r['seed']} | {c['own']:.3f} | {c['mismatched']:.3f} | {c['gap']:+.3f} | "
+        + ", ".join(f"{t} {g:+.2f}" for t, g in c.get("gap_per_type", {}).items())
+        + " |"
+        for r in results["runs"]
+        if (c := r.get("image_check"))
+    ]
+    if not rows:
+        return "(not measured for these runs)"
+    head = "| run | own image | mismatched image | gap | gap per type |\n|---|---|---|---|---|"
+    return head + "\n" + "\n".join(rows)
+
+
 def _markdown(results: dict[str, Any]) -> str:
     runs, cfg = results["runs"], results["config"]
     first = runs[0]
@@ -134,7 +149,7 @@ def _markdown(results: dict[str, Any]) -> str:
 
 Ovis (visual head + visual embedding table, **VET**) against the paper's baseline, an **MLP**
 projector with the same parameter count, both trained from scratch on Shapes World with the same
-data, steps and learning rates (`recipes/tiny-shapes.yaml`, `recipes/tiny-shapes-mlp.yaml`).
+data, steps and learning rates (recipe `{cfg.get("recipe", "tiny-shapes")}` and its MLP twin).
 {"Quick mode: a smaller data set and 1/10 of the steps (a smoke run, not a measurement)." if cfg["quick"] else ""}
 
 - Wall time: **{results["seconds"] / 60:.1f} min** for everything ({len(runs)} models; seeds: {cfg["seeds"]}) on
@@ -159,6 +174,14 @@ What the numbers say:
 
 The held-out composition split asks about colour–shape pairs that never appear in training.
 
+## Does the model read the image?
+
+Mean cross-entropy (nats per answer token, teacher-forced) of the in-distribution test answers with
+each question's own image and with another test image (images rolled by one). A model that answers
+from the text alone has a gap of ~0; a positive gap is information taken from the image.
+
+{image_check_table(results)}
+
 ## Training
 
 | stage | steps | {run_names} |
@@ -175,5 +198,5 @@ the VET forces each patch to make.
 
 ![visual words](visual_words.png)
 
-Raw numbers: `results.json`; every prediction: `runs/*/stage3-qa/final/eval_*.json`.
+Raw numbers: `results.json`; every prediction: `runs/*/<last stage>/final/eval_*.json`.
 """

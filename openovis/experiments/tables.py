@@ -87,6 +87,8 @@ def run_extras(results: dict[str, Any]) -> dict[str, dict[str, str]]:
         cells["effective vocab"] = (
             format_cell(mean_std([u["effective_vocab"] for u in usage]), seeds) if usage else "–"
         )
+        gaps = [r["image_check"]["gap"] for r in mine if "image_check" in r]
+        cells["image gap"] = format_cell(mean_std(gaps), seeds) if gaps else "–"
         cells["train s"] = f"{statistics.fmean(r['train_seconds'] for r in mine):.0f}"
         out[label] = cells
     return out

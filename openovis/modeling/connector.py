@@ -73,6 +73,10 @@ class Connector(nn.Module):
         """``[n, D]`` embeddings of the indicator tokens, or None: they keep their text embeddings."""
         return None
 
+    def init_std(self, module: nn.Module) -> float | None:
+        """Std of the normal initialization of this connector's ``module`` (None: the model's default)."""
+        return None
+
 
 # ---- registry: `openovis.options.CONNECTORS`, name -> class -----------------------------------------
 C = TypeVar("C", bound=type[Connector])

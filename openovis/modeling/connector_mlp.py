@@ -25,3 +25,8 @@ class MLPConnector(nn.Sequential, Connector):
         width = config.text_config.hidden_size
         hidden = config.mlp_hidden_size or width
         super().__init__(nn.Linear(config.visual_feature_size, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.out_init_std = config.mlp_out_init_std
+
+    def init_std(self, module: nn.Module) -> float | None:
+        """``mlp_out_init_std`` for the output layer (visual tokens at a chosen scale), else the default."""
+        return self.out_init_std if module is self[-1] else None

@@ -49,6 +49,9 @@ class OvisPreTrainedModel(PreTrainedModel):
         if isinstance(module, VisualEmbeddingTable):
             _init.normal_(module.weight, mean=0.0, std=self.config.vte_init_std)
         elif isinstance(module, nn.Linear):
+            connector = getattr(self, "connector", None)
+            chosen = connector.init_std(module) if connector is not None else None
+            std = chosen if chosen is not None else std  # e.g. the MLP's output layer (mlp_out_init_std)
             _init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 _init.zeros_(module.bias)

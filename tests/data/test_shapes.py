@@ -183,6 +183,36 @@ def test_answers_follow_from_scene(world: Path, split: str) -> None:
                 assert set(record["options"]) == set("ABCD") and record["answer"] in "ABCD"
 
 
+def test_simple_qa_is_single_turn_of_its_types_and_answers_follow_from_scene(world: Path) -> None:
+    scenes = _scenes(world, "train")
+    records = _load(world, "qa_train_simple.json")
+    assert len(records) == 3 * SMALL.n_train == _load(world, "meta.json")["counts"]["qa_train_simple.json"]
+    kinds = {r["id"].rsplit("-", 1)[1] for r in records}
+    assert kinds == set(SMALL.simple_qa_types) == {"color", "shape", "count"}
+    for record in records:
+        user, gpt = record["conversations"]
+        question = user["value"].removeprefix(IMAGE_PLACEHOLDER + "\n")
+        assert gpt["value"] == answer_key(question, scenes[record["image"]]), question
+
+
+def test_question_options_leave_the_other_files_unchanged(tmp_path: Path) -> None:
+    base = ShapesConfig(n_train=12, n_test=7)
+    generate_shapes_world(tmp_path / "a", base, progress=False)
+    generate_shapes_world(
+        tmp_path / "b", ShapesConfig(n_train=12, n_test=7, simple_qa_types=()), progress=False
+    )
+    a, b = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
+    assert set(a) - set(b) == {"qa_train_simple.json"}
+    assert all(a[k] == b[k] for k in b if k != "meta.json")
+    one = ShapesConfig(n_train=30, n_test=7, qa_types=("color", "count"), qa_turns=(1, 1))
+    generate_shapes_world(tmp_path / "c", one, progress=False)
+    qa = _load(tmp_path / "c", "qa_train.json")
+    assert all(len(r["conversations"]) == 2 for r in qa)
+    counts = _load(tmp_path / "c", "meta.json")["question_type_counts"]["train"]
+    assert {k for k, v in counts.items() if v} == {"color", "count"}
+    assert ShapesConfig(**_load(tmp_path / "c", "meta.json")["config"]) == one
+
+
 def test_captions_and_descriptions_name_every_object(world: Path) -> None:
     scenes = _scenes(world, "train")
     descriptions = {
@@ -287,6 +317,11 @@ def test_regeneration_removes_stale_images(tmp_path: Path) -> None:
         ("heldout_pairs", (("red", "hexagon"),)),
         ("heldout_pairs", tuple(("red", s) for s in ShapesConfig().shapes)),
         ("antialias", "yes"),
+        ("qa_types", ("color", "colour")),
+        ("qa_types", ()),
+        ("qa_turns", (2, 1)),
+        ("qa_turns", (1, 8)),
+        ("simple_qa_types", ("count", "count")),
     ],
 )
 def test_config_validation_names_the_field(field: str, value: Any) -> None:

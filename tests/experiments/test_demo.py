@@ -35,6 +35,10 @@ def test_quick_demo_writes_the_report(demo):
     assert json.loads((out / "results.json").read_text())["table"]["mlp"]
     lines = summary_lines(results, out)
     assert len(lines) == 5 and lines[-1].endswith("report.md")
+    for run in results["runs"]:  # every run's image check is stored and shown (its sign is not tested:
+        # a quick run is too short to read images, see docs/from-scratch-recipe.md)
+        assert set(run["image_check"]) >= {"own", "mismatched", "gap", "gap_per_type"}
+    assert "## Does the model read the image?" in report and "| VET seed 0 |" in report
     for run in results["runs"]:  # the loss fell in every stage
         for stage in run["stages"]:
             assert stage["final_loss"] < stage["first_loss"], (run["connector"], stage["stage"])
@@ -56,11 +60,15 @@ def test_eval_and_chat_commands_on_the_demo_model(demo, tmp_path):
             "10",
             "--out",
             str(tmp_path / "r.json"),
+            "--image-check",
         ],
     )
     assert res.exit_code == 0, res.output
     assert "| **overall** | 10 |" in res.output
+    assert "image check (nats per answer token): own " in res.output and " gap " in res.output
     saved = json.loads((tmp_path / "r.json").read_text())
+    check = saved["image_check"]
+    assert check["n"] == 10 and abs(check["gap"] - (check["mismatched"] - check["own"])) < 1e-6
     assert len(saved["predictions"]) == 10 and {"prediction", "answer", "correct"} <= set(
         saved["predictions"][0]
     )

@@ -235,3 +235,11 @@ def test_attn_implementation_passes_through(impl, tmp_path):
     loaded = OvisForConditionalGeneration.from_pretrained(tmp_path, attn_implementation=impl)
     assert loaded.llm.config._attn_implementation == impl
     assert loaded.visual_tokenizer.backbone.config._attn_implementation == impl
+
+
+def test_mlp_out_init_std_scales_only_the_connectors_output_layer():
+    default = build_model("tiny", connector="mlp", vet_impl="reference")
+    scaled = build_model("tiny", connector="mlp", vet_impl="reference", mlp_out_init_std=0.002)
+    assert abs(float(scaled.connector[-1].weight.std()) - 0.002) < 0.0005
+    assert abs(float(default.connector[-1].weight.std()) - 0.02) < 0.005
+    assert abs(float(scaled.connector[0].weight.std()) - 0.02) < 0.005

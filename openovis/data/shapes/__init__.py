@@ -26,6 +26,7 @@ from openovis.data.shapes.config import (
     COLOR_RGB,
     GRID,
     PLURALS,
+    QUESTION_TYPES,
     REGIONS,
     SHAPE_KINDS,
     SIZES,
@@ -36,7 +37,6 @@ from openovis.data.shapes.config import (
 from openovis.data.shapes.language import caption_text, describe, refer
 from openovis.data.shapes.questions import (
     QUESTION_FNS,
-    QUESTION_TYPES,
     Ask,
     Question,
     ask_color,

@@ -42,6 +42,9 @@ REGIONS = tuple(f"{r} {c}" if r != c else r for r in ROW_NAMES for c in COL_NAME
 """Region names in row-major order: "top left", "top center", …, "center", …, "bottom right"."""
 
 
+QUESTION_TYPES = ("color", "shape", "count", "position", "exist", "relation", "mcq")
+"""Every question type, in the order of the test splits' round-robin."""
+
 SPLITS = ("train", "test_id", "test_heldout")
 """The splits, in the order of their generator ids (`split_rng`)."""
 
@@ -75,15 +78,24 @@ class ShapesConfig:
     """``(colour, shape)`` pairs never shown or named in training; they populate ``test_heldout``."""
     antialias: bool = True
     """Draw at 4× and box-filter down; False draws aliased shapes directly."""
+    qa_types: tuple[str, ...] = QUESTION_TYPES
+    """Question types of ``qa_train.json`` (from ``QUESTION_TYPES``); the test splits always use all seven."""
+    qa_turns: tuple[int, int] = (1, 3)
+    """Fewest and most questions (of distinct types) per ``qa_train.json`` conversation."""
+    simple_qa_types: tuple[str, ...] = ("color", "shape", "count")
+    """Types of ``qa_train_simple.json`` (none: the file is not written): for every training image one
+    single-turn sample per listed type, the first QA stage of a curriculum. Drawn from a random stream
+    of its own, so the other files do not depend on it."""
 
     def __post_init__(self) -> None:
-        for name in ("colors", "shapes"):
+        for name in ("colors", "shapes", "qa_types", "simple_qa_types", "qa_turns"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "heldout_pairs", tuple(tuple(p) for p in self.heldout_pairs))
         _check_ints(self)
         _check_vocab(self.colors, COLOR_RGB, "colors", minimum=4)
         _check_vocab(self.shapes, SHAPE_KINDS, "shapes", minimum=2)
         _check_heldout(self)
+        _check_questions(self)
 
     @property
     def all_pairs(self) -> tuple[Pair, ...]:
@@ -116,6 +128,22 @@ def _check_ints(config: ShapesConfig) -> None:
         raise ValueError(f"min_shapes: {config.min_shapes} > max_shapes {config.max_shapes}")
     if not isinstance(config.antialias, bool):
         raise ValueError(f"antialias: must be a bool, got {config.antialias!r}")
+
+
+def _check_questions(config: ShapesConfig) -> None:
+    """Known question types, and a valid range of turns per training conversation."""
+    for name in ("qa_types", "simple_qa_types"):
+        values = getattr(config, name)
+        unknown = [v for v in values if v not in QUESTION_TYPES]
+        if unknown or len(set(values)) != len(values):
+            raise ValueError(f"{name}: distinct names from {list(QUESTION_TYPES)}, got {list(values)}")
+    if not config.qa_types:
+        raise ValueError("qa_types: need at least one question type")
+    turns = config.qa_turns
+    if len(turns) != 2 or not all(isinstance(t, int) and not isinstance(t, bool) for t in turns):
+        raise ValueError(f"qa_turns: expected (min, max) ints, got {turns!r}")
+    if not 1 <= turns[0] <= turns[1] <= len(config.qa_types):
+        raise ValueError(f"qa_turns: need 1 <= min <= max <= {len(config.qa_types)} (qa_types), got {turns}")
 
 
 def _check_vocab(values: tuple[str, ...], known: Iterable[str], name: str, minimum: int) -> None:

@@ -14,7 +14,6 @@ from openovis.data.shapes.config import GRID, PLURALS, Pair, ShapesConfig
 from openovis.data.shapes.language import indefinite, refer
 from openovis.data.shapes.scenes import Scene, ShapeObject, pick
 
-QUESTION_TYPES = ("color", "shape", "count", "position", "exist", "relation", "mcq")
 OPTION_LETTERS = "ABCD"
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
 

@@ -8,12 +8,11 @@ from typing import Any
 import numpy as np
 
 from openovis.constants import IMAGE_PLACEHOLDER
-from openovis.data.shapes.config import ShapesConfig
+from openovis.data.shapes.config import QUESTION_TYPES, SPLITS, ShapesConfig
 from openovis.data.shapes.language import caption_text, describe
 from openovis.data.shapes.questions import (
     OPTION_LETTERS,
     QUESTION_FNS,
-    QUESTION_TYPES,
     Ask,
     Question,
     ask_count,
@@ -49,6 +48,7 @@ class SplitData:
         qa: Question conversations (train: multi-turn; test: one question with its answer fields).
         corpus: Training text, one item per line.
         kinds: Type of every training question, in order.
+        simple_qa: Single-turn conversations of ``qa_train_simple.json`` (train, when configured).
     """
 
     scenes: list[dict[str, Any]] = field(default_factory=list)
@@ -57,6 +57,7 @@ class SplitData:
     qa: list[dict[str, Any]] = field(default_factory=list)
     corpus: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    simple_qa: list[dict[str, Any]] = field(default_factory=list)
 
 
 def image_path(split: str, index: int) -> str:
@@ -65,9 +66,10 @@ def image_path(split: str, index: int) -> str:
 
 
 def train_questions(scene: Scene, rng: np.random.Generator, config: ShapesConfig) -> list[Question]:
-    """1–3 questions of distinct types about a training scene."""
+    """``qa_turns`` (default 1–3) questions of distinct ``qa_types`` about a training scene."""
     ask = Ask(config, negatives=config.train_pairs)
-    kinds = [QUESTION_TYPES[int(k)] for k in rng.permutation(len(QUESTION_TYPES))[: int(rng.integers(1, 4))]]
+    types, (low, high) = config.qa_types, config.qa_turns
+    kinds = [types[int(k)] for k in rng.permutation(len(types))[: int(rng.integers(low, high + 1))]]
     questions = [q for kind in kinds if (q := QUESTION_FNS[kind](scene, rng, ask)) is not None]
     return questions or [ask_count(scene, rng, ask)]  # count always applies
 
@@ -91,6 +93,30 @@ def add_train_sample(
     for q in questions:
         data.corpus += [q.text.replace("\n", " "), q.answer]
     data.kinds += [q.kind for q in questions]
+    if config.simple_qa_types:
+        add_simple_samples(data, scene, index, config)
+
+
+SIMPLE_STREAM = 1
+"""Extra seed word of the random stream of ``qa_train_simple.json`` (independent of every other file)."""
+
+
+def add_simple_samples(data: SplitData, scene: Scene, index: int, config: ShapesConfig) -> None:
+    """One single-turn sample per ``simple_qa_types`` type about training image ``index``."""
+    rng = np.random.default_rng([config.seed, SPLITS.index("train"), index, SIMPLE_STREAM])
+    ask = Ask(config, negatives=config.train_pairs)
+    for kind in config.simple_qa_types:
+        q = QUESTION_FNS[kind](scene, rng, ask)
+        if q is None:
+            continue
+        turns = [_user(q.text, with_image=True), _gpt(q.answer)]
+        data.simple_qa.append(
+            {
+                "id": f"qa-simple-{index:06d}-{kind}",
+                "image": image_path("train", index),
+                "conversations": turns,
+            }
+        )
 
 
 def test_sample(

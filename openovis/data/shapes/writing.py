@@ -13,8 +13,8 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from openovis.data.shapes.config import COLOR_RGB, REGIONS, SIZES, ShapesConfig
-from openovis.data.shapes.questions import QUESTION_TYPES, chance_accuracy
+from openovis.data.shapes.config import COLOR_RGB, QUESTION_TYPES, REGIONS, SIZES, ShapesConfig
+from openovis.data.shapes.questions import chance_accuracy
 from openovis.data.shapes.samples import (
     SplitData,
     add_test_sample,
@@ -94,6 +94,7 @@ def build_meta(config: ShapesConfig, train: SplitData, tests: dict[str, SplitDat
             "descriptions_train.json": len(train.descriptions),
             "qa_train.json": len(train.qa),
             "qa_train_questions": len(train.kinds),
+            **({"qa_train_simple.json": len(train.simple_qa)} if config.simple_qa_types else {}),
             "corpus_lines": len(train.corpus),
             **{f"qa_{s}.json": len(d.qa) for s, d in tests.items()},
         },
@@ -115,6 +116,9 @@ def write_outputs(root: Path, config: ShapesConfig, data: dict[str, SplitData]) 
     _write_jsonl(files["captions_train.jsonl"], train.captions)
     _write_json(files["descriptions_train.json"], train.descriptions)
     _write_json(files["qa_train.json"], train.qa)
+    if config.simple_qa_types:
+        files["qa_train_simple.json"] = root / "qa_train_simple.json"
+        _write_json(files["qa_train_simple.json"], train.simple_qa)
     for split, d in tests.items():
         files[f"qa_{split}.json"] = root / f"qa_{split}.json"
         _write_json(files[f"qa_{split}.json"], d.qa)
