@@ -253,6 +253,8 @@ class OvisPipeline:
         }
         if sample["pixel_values"] is not None:
             inputs["pixel_values"] = sample["pixel_values"].to(self.device, self.model.dtype)
+        if sample.get("grid_thw") is not None:
+            inputs["grid_thw"] = sample["grid_thw"]
         if self.fast is not None and not do_sample and not kwargs:
             new = self._fast_answer(inputs, max_new_tokens, streamer)
         else:
@@ -275,7 +277,10 @@ class OvisPipeline:
                 inputs["input_ids"].cpu()
             )  # as generate does: the prompt first (skip_prompt drops it)
         for token in self.fast.stream(
-            inputs["input_ids"], inputs.get("pixel_values"), SamplingParams(max_new_tokens=max_new_tokens)
+            inputs["input_ids"],
+            inputs.get("pixel_values"),
+            SamplingParams(max_new_tokens=max_new_tokens),
+            inputs.get("grid_thw"),
         ):
             tokens.append(token)
             if streamer is not None:
