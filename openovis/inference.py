@@ -153,15 +153,22 @@ class OvisPipeline:
             )
         return limit - max_new_tokens
 
-    def prepare(self, conversation: Any, images: Sequence[Any] | None, max_new_tokens: int) -> dict[str, Any]:
+    def prepare(
+        self,
+        conversation: Any,
+        images: Sequence[Any] | None,
+        max_new_tokens: int,
+        thinking: bool | None = None,
+    ) -> dict[str, Any]:
         """Processes one generation prompt (validated, length-checked, images decoded).
+
+        ``thinking``: the chat template's ``enable_thinking`` (None: its default; Ovis2.5: off).
 
         Raises:
             SkipSample: The prompt is unusable (reason and detail say why), before the model runs.
         """
-        return self.processor(
-            conversation, images, mode="generate", max_length=self.prompt_limit(max_new_tokens)
-        )
+        limit = self.prompt_limit(max_new_tokens)
+        return self.processor(conversation, images, mode="generate", max_length=limit, thinking=thinking)
 
     def generate_prepared(
         self,
@@ -202,6 +209,7 @@ class OvisPipeline:
         images: Sequence[Sequence[Any] | None] | None = None,
         max_new_tokens: int = 32,
         do_sample: bool = False,
+        thinking: bool | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Answers a batch of prompts (each a string or a conversation ending with a user turn).
@@ -213,7 +221,8 @@ class OvisPipeline:
         if len(per_sample) != len(conversations):
             raise ValueError(f"images: {len(per_sample)} image lists for {len(conversations)} prompts")
         samples = [
-            self.prepare(c, imgs, max_new_tokens) for c, imgs in zip(conversations, per_sample, strict=True)
+            self.prepare(c, imgs, max_new_tokens, thinking)
+            for c, imgs in zip(conversations, per_sample, strict=True)
         ]
         return self.generate_prepared(samples, max_new_tokens, do_sample, **kwargs)
 
@@ -229,12 +238,14 @@ class OvisPipeline:
         max_new_tokens: int = 64,
         do_sample: bool = False,
         streamer: Any = None,
+        thinking: bool | None = None,
         **kwargs: Any,
     ) -> str:
         """Answers one question; with ``history`` the turn (and its answer) is appended to it.
 
         Images given here are added to the conversation; a ``<image>`` placeholder is put in front of
-        the question for each image the question does not already place.
+        the question for each image the question does not already place. ``thinking`` switches the
+        chat template's thinking mode (Ovis2.5; None: the template's default, off).
         """
         history = history if history is not None else Conversation()
         images = list(images or [])
@@ -244,7 +255,7 @@ class OvisPipeline:
         messages = [*history.messages, {"role": "user", "content": question}]
         all_images = [*history.images, *images]
         # Processed before the history changes: a bad image or prompt leaves the conversation as it was.
-        sample = self.prepare(messages, all_images or None, max_new_tokens)
+        sample = self.prepare(messages, all_images or None, max_new_tokens, thinking)
         history.messages.append(messages[-1])
         history.images.extend(images)
         inputs = {

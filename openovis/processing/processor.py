@@ -307,7 +307,7 @@ class OvisProcessor(ProcessorMixin):
 
     # ----------------------------------------------------------------------- one sample
 
-    def _encode_text(self, text: TextInput, mode: Mode) -> TokenSequence:
+    def _encode_text(self, text: TextInput, mode: Mode, thinking: bool | None = None) -> TokenSequence:
         if mode == "caption":
             if text is None:
                 return self._encoder.encode_caption("", with_caption=False)
@@ -315,8 +315,8 @@ class OvisProcessor(ProcessorMixin):
         if isinstance(text, str):
             if mode == "train":
                 raise SkipSample(SkipReason.MALFORMED_RECORD, "train mode needs a conversation, not a string")
-            return self._encoder.encode_chat([Message("user", check_text(text, "prompt"))], mode)
-        return self._encoder.encode_chat(normalize_messages(text), mode)
+            return self._encoder.encode_chat([Message("user", check_text(text, "prompt"))], mode, thinking)
+        return self._encoder.encode_chat(normalize_messages(text), mode, thinking)
 
     def _as_rgb(self, image: ImageInput) -> Image.Image:
         max_pixels = self.image_config.max_image_pixels
@@ -379,6 +379,7 @@ class OvisProcessor(ProcessorMixin):
         max_length: int | None = None,
         *,
         text: str | Sequence[str] | None = None,
+        thinking: bool | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Processes one sample; with ``text=`` (the transformers form) a batch of rendered prompts.
@@ -394,6 +395,9 @@ class OvisProcessor(ProcessorMixin):
             images: The images for the ``<image>`` placeholders, in order (PIL images or paths).
             mode: ``"train"``, ``"generate"`` or ``"caption"``.
             max_length: Truncation length (default: the processor's).
+            thinking: The chat template's ``enable_thinking`` (None: its default). For Ovis2.5
+                (Qwen3) off closes an empty ``<think>`` block in the generation prompt, on lets the
+                model think first.
 
         Returns:
             ``input_ids``, ``attention_mask``, ``labels`` (not in generation prompts), ``pixel_values``
@@ -417,7 +421,7 @@ class OvisProcessor(ProcessorMixin):
         limit = self.max_length if max_length is None else max_length
         if mode == "generate":
             self.check_prompt_length(conversation_or_text, limit)
-        seq = self._encode_text(conversation_or_text, mode)
+        seq = self._encode_text(conversation_or_text, mode, thinking)
         return self._with_images(seq, images, labelled, max_length, check_prompt=mode == "generate")
 
     def _with_images(
@@ -570,6 +574,7 @@ class OvisProcessor(ProcessorMixin):
         mode: Mode = "generate",
         padding_side: PaddingSide | None = None,
         max_length: int | None = None,
+        thinking: bool | None = None,
     ) -> dict[str, Any]:
         """Processes and pads several samples; errors raise (no skipping at inference).
 
@@ -579,6 +584,7 @@ class OvisProcessor(ProcessorMixin):
             mode: As in :meth:`__call__`.
             padding_side: Default left for ``"generate"`` (prompts end together), right otherwise.
             max_length: Truncation length (default: the processor's).
+            thinking: The chat template's ``enable_thinking`` (see :meth:`__call__`).
 
         Returns:
             ``input_ids [B, L]``, ``attention_mask [B, L]``, ``labels [B, L]`` (when labelled) and
@@ -587,7 +593,10 @@ class OvisProcessor(ProcessorMixin):
         per_sample = images if images is not None else [None] * len(texts)
         if len(per_sample) != len(texts):
             raise ValueError(f"images: {len(per_sample)} image lists for {len(texts)} texts")
-        samples = [self(t, imgs, mode, max_length) for t, imgs in zip(texts, per_sample, strict=True)]
+        samples = [
+            self(t, imgs, mode, max_length, thinking=thinking)
+            for t, imgs in zip(texts, per_sample, strict=True)
+        ]
         side = padding_side or ("left" if mode == "generate" else "right")
         return model_inputs(OvisCollator(self.pad_token_id, side)(samples))
 

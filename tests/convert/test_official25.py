@@ -164,3 +164,34 @@ def test_round_trip_through_the_official_layout_is_bit_identical(converted, tmp_
 def test_hf_ovis2_export_is_refused(converted, tmp_path) -> None:
     result = CliRunner().invoke(app, ["convert", str(converted), str(tmp_path / "hf"), "--to", "hf-ovis2"])
     assert result.exit_code != 0 and "vision_config" in result.output
+
+
+def test_thinking_switch_sets_the_generation_prompt(converted) -> None:
+    pipe = OvisPipeline.from_pretrained(converted, device="cpu")
+    decode = pipe.processor.tokenizer.decode
+    off = decode(pipe.prepare("Hi", None, 4, thinking=False)["input_ids"])
+    on = decode(pipe.prepare("Hi", None, 4, thinking=True)["input_ids"])
+    default = decode(pipe.prepare("Hi", None, 4)["input_ids"])
+    preface = META["model"]["generation_preface"]
+    assert off == default and off.endswith("<|im_start|>assistant\n" + preface)
+    assert on == off.removesuffix(preface)
+
+
+@pytest.mark.parametrize("flag", ["--thinking", "--no-thinking"])
+def test_chat_command_answers_with_thinking_on_and_off(converted, tmp_path, flag) -> None:
+    path = tmp_path / "image.png"
+    make_image(100, 37, 3).save(path)
+    args = ["chat", "--model", str(converted), "--image", str(path), "--max-new-tokens", "4", flag]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "Describe the picture."])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert isinstance(result.output, str)
+
+
+def test_pipeline_chat_keeps_a_multi_turn_history(converted) -> None:
+    pipe = OvisPipeline.from_pretrained(converted, device="cpu")
+    history = pipe.new_conversation()
+    image = make_image(37, 100, 2)
+    for thinking in (True, False):
+        answer = pipe.chat("What is it?", [image], history=history, max_new_tokens=3, thinking=thinking)
+        assert isinstance(answer, str)
+    assert [m["role"] for m in history.messages] == ["user", "assistant"] * 2 and len(history.images) == 2
