@@ -356,6 +356,12 @@ def chat(
             "<think> block first, or close an empty one. Default: the template's (off).",
         ),
     ] = None,
+    thinking_budget: Annotated[
+        int | None,
+        typer.Option(
+            help="With --thinking: most tokens of thinking before the block is closed and the answer starts."
+        ),
+    ] = None,
 ) -> None:
     """Ask a model about images: one question, or an interactive multi-turn chat with streamed answers."""
     from transformers import TextStreamer
@@ -366,7 +372,14 @@ def chat(
     images = [resolve_user_image(str(p), image_root) for p in image or []]
     pipe = OvisPipeline.from_pretrained(model, device=device, compile=compile)
     if question is not None:
-        typer.echo(pipe.chat(question, images, max_new_tokens=max_new_tokens, thinking=thinking))
+        answer = pipe.chat(
+            question,
+            images,
+            max_new_tokens=max_new_tokens,
+            thinking=thinking,
+            thinking_budget=thinking_budget,
+        )
+        typer.echo(answer)
         return
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     history = pipe.new_conversation()
@@ -393,6 +406,7 @@ def chat(
                 max_new_tokens=max_new_tokens,
                 streamer=streamer,
                 thinking=thinking,
+                thinking_budget=thinking_budget,
             )
         except SkipSample as err:
             typer.echo(f"error: {err}", err=True)

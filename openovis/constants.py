@@ -24,6 +24,9 @@ the video pair is reserved (VET rows, as in the official code)."""
 INDICATOR_TOKENS_OVIS1 = ("<IMG_START>", "<IMG_END>")
 """Ovis 1.0 indicators (n = 2): one square-padded image, start and end."""
 
+THINK_END = "</think>"
+"""Closes the thinking block of Qwen3-style chat templates (Ovis2.5)."""
+
 IGNORE_INDEX = -100
 """Label value ignored by the loss."""
 

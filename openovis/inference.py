@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from openovis.constants import IMAGE_PLACEHOLDER
+from openovis.constants import IMAGE_PLACEHOLDER, THINK_END
 from openovis.integrity import CheckpointError, verify_folder
 
 
@@ -239,6 +239,7 @@ class OvisPipeline:
         do_sample: bool = False,
         streamer: Any = None,
         thinking: bool | None = None,
+        thinking_budget: int | None = None,
         **kwargs: Any,
     ) -> str:
         """Answers one question; with ``history`` the turn (and its answer) is appended to it.
@@ -246,7 +247,12 @@ class OvisPipeline:
         Images given here are added to the conversation; a ``<image>`` placeholder is put in front of
         the question for each image the question does not already place. ``thinking`` switches the
         chat template's thinking mode (Ovis2.5; None: the template's default, off).
+        ``thinking_budget`` (with ``thinking=True``) caps the thinking phase: after that many tokens
+        without ``</think>`` the block is closed and the answer generated with what is left of
+        ``max_new_tokens``.
         """
+        if thinking_budget is not None and (thinking is not True or thinking_budget < 1):
+            raise ValueError("thinking_budget: a positive number of tokens, and only with thinking=True")
         history = history if history is not None else Conversation()
         images = list(images or [])
         missing = len(images) - question.count(IMAGE_PLACEHOLDER)
@@ -266,7 +272,11 @@ class OvisPipeline:
             inputs["pixel_values"] = sample["pixel_values"].to(self.device, self.model.dtype)
         if sample.get("grid_thw") is not None:
             inputs["grid_thw"] = sample["grid_thw"]
-        if self.fast is not None and not do_sample and not kwargs:
+        if thinking_budget is not None:
+            new = self._think_then_answer(
+                inputs, thinking_budget, max_new_tokens, do_sample, streamer, **kwargs
+            )
+        elif self.fast is not None and not do_sample and not kwargs:
             new = self._fast_answer(inputs, max_new_tokens, streamer)
         else:
             out = self.model.generate(
@@ -277,6 +287,43 @@ class OvisPipeline:
         answer = answer.strip()
         history.messages.append({"role": "assistant", "content": answer})
         return answer
+
+    def _think_then_answer(
+        self,
+        inputs: dict[str, Any],
+        budget: int,
+        max_new_tokens: int,
+        do_sample: bool,
+        streamer: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Generates a thinking phase of at most ``budget`` tokens (stopping at ``</think>``), closes
+        the block if the model did not, then the answer; returns all new ids ``[n]``."""
+        tokenizer = self.processor.tokenizer
+        end_think = tokenizer.convert_tokens_to_ids(THINK_END)
+        if end_think is None or end_think == tokenizer.unk_token_id:
+            raise ValueError(f"thinking_budget: the tokenizer has no {THINK_END} token")
+        length = inputs["input_ids"].shape[1]
+        first = self._generate_kwargs(min(budget, max_new_tokens), do_sample, **kwargs)
+        first["eos_token_id"] = [*first["eos_token_id"], end_think]
+        thought = self.model.generate(**inputs, streamer=streamer, **first)[0, length:]
+        stopped = thought.numel() > 0 and int(thought[-1]) in first["eos_token_id"]
+        if stopped and int(thought[-1]) != end_think:  # the model ended its turn while thinking
+            return thought
+        if not stopped:  # the budget ran out: close the block as the template writes it
+            close = tokenizer.encode(f"\n{THINK_END}\n\n", add_special_tokens=False)
+            thought = torch.cat([thought, torch.tensor(close, device=thought.device)])
+        left = max_new_tokens - thought.numel()
+        if left <= 0:
+            return thought
+        ids = torch.cat([inputs["input_ids"][0], thought])[None]  # [1, L + n]
+        if streamer is not None and hasattr(streamer, "next_tokens_are_prompt"):
+            streamer.next_tokens_are_prompt = True  # TextStreamer: do not print the prompt again
+        rest = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        answer = self.model.generate(
+            **rest, streamer=streamer, **self._generate_kwargs(left, do_sample, **kwargs)
+        )[0, ids.shape[1] :]
+        return torch.cat([thought, answer])
 
     def _fast_answer(self, inputs: dict[str, Any], max_new_tokens: int, streamer: Any) -> list[int]:
         """Greedy answer through the static-cache, compiled decoder (``compile=True``)."""

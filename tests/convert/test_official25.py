@@ -195,3 +195,25 @@ def test_pipeline_chat_keeps_a_multi_turn_history(converted) -> None:
         answer = pipe.chat("What is it?", [image], history=history, max_new_tokens=3, thinking=thinking)
         assert isinstance(answer, str)
     assert [m["role"] for m in history.messages] == ["user", "assistant"] * 2 and len(history.images) == 2
+
+
+def test_thinking_budget_closes_the_block_and_leaves_room_for_the_answer(converted) -> None:
+    pipe = OvisPipeline.from_pretrained(converted, device="cpu")
+    sample = pipe.prepare("<image>\nDescribe the picture.", [make_image(37, 100, 2)], 8, thinking=True)
+    inputs = {
+        "input_ids": sample["input_ids"][None],
+        "attention_mask": sample["attention_mask"][None],
+        "pixel_values": sample["pixel_values"],
+        "grid_thw": sample["grid_thw"],
+    }
+    end_think = pipe.processor.tokenizer.convert_tokens_to_ids("</think>")
+    stops = set(pipe.processor.stop_token_ids)
+    new = pipe._think_then_answer(inputs, 2, 8, False, None).tolist()
+    # the random model closes its block within 2 tokens, or the block is closed for it
+    first = new.index(end_think)
+    assert first <= 3 and len(new) <= 8
+    assert not stops.intersection(new[:first])
+    with pytest.raises(ValueError, match="thinking_budget"):
+        pipe.chat("Hi", thinking_budget=4)
+    answer = pipe.chat("Hi", thinking=True, thinking_budget=2, max_new_tokens=6)
+    assert isinstance(answer, str)
