@@ -32,10 +32,15 @@ from transformers.models.llama import LlamaConfig
 from transformers.models.qwen2 import Qwen2Config
 from transformers.models.qwen3 import Qwen3Config
 from transformers.models.siglip import SiglipVisionConfig
-from transformers.models.siglip2 import Siglip2VisionConfig
 
-from openovis.configuration import OvisConfig
-from openovis.constants import IMAGE_ATOM, IMAGE_PLACEHOLDER, INDICATOR_TOKENS_OVIS1, INDICATOR_TOKENS_OVIS2
+from openovis.configuration import NavitConfig, OvisConfig
+from openovis.constants import (
+    IMAGE_ATOM,
+    IMAGE_PLACEHOLDER,
+    INDICATOR_TOKENS_OVIS1,
+    INDICATOR_TOKENS_OVIS2,
+    INDICATOR_TOKENS_OVIS25,
+)
 from openovis.modeling.backbone import backbone_config
 from openovis.modeling.ovis import OvisForConditionalGeneration
 
@@ -78,6 +83,11 @@ def register(preset: Preset) -> Preset:
 
 
 def get_preset(name: str) -> Preset:
+    if name in RENAMED_PRESETS:
+        raise ValueError(
+            f"preset {name!r} was replaced by {RENAMED_PRESETS[name]!r} (the real Ovis2.5 shapes, "
+            "with the native-resolution NaViT instead of square crops)"
+        )
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return PRESETS[name]
@@ -220,17 +230,42 @@ def ovis2_2b_config() -> OvisConfig:
     return _ovis(vision, text, visual_vocab_size=65536, hidden_stride=2)
 
 
-def ovis25_9b_config() -> OvisConfig:
-    """Ovis2.5-9B-like: SigLIP2-so400m-16-512 (square 512-px crops) + Qwen3-8B, K = 65536, s = 2."""
-    vision = Siglip2VisionConfig(
+def _ovis25_vit() -> NavitConfig:
+    """The NaViT of Ovis2.5 (both sizes): SigLIP2-so400m-patch16-512 weights in the official
+    ``siglip2_navit`` module: conv patch embedding, 32x32 learned positions resized per image,
+    2-D RoPE, every block attending over its whole image (``fullatt_block_indexes`` None)."""
+    return NavitConfig(
         hidden_size=1152,
         intermediate_size=4304,
         num_hidden_layers=27,
         num_attention_heads=16,
+        num_channels=3,
+        num_patches=-1,
+        image_size=512,
         patch_size=16,
-        num_patches=1024,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+        hidden_stride=2,
+        window_size=112,
+        fullatt_block_indexes=None,
+        temporal_patch_size=1,
+        preserve_original_pe=True,
+        use_rope=True,
     )
-    vision.image_size = 512  # NaFlex configs have no fixed size; Ovis crops are square
+
+
+def _ovis25(text: Qwen3Config) -> OvisConfig:
+    return _ovis(
+        _ovis25_vit(),
+        text,
+        visual_vocab_size=65536,
+        hidden_stride=2,
+        indicator_tokens=INDICATOR_TOKENS_OVIS25,
+    )
+
+
+def ovis25_9b_config() -> OvisConfig:
+    """Ovis2.5-9B: the SigLIP2 NaViT (native resolution) + Qwen3-8B, K = 65536 (head K - 4), s = 2."""
     text = Qwen3Config(
         vocab_size=151936,
         hidden_size=4096,
@@ -241,8 +276,28 @@ def ovis25_9b_config() -> OvisConfig:
         head_dim=128,
         max_position_embeddings=40960,
         rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
     )
-    return _ovis(vision, text, visual_vocab_size=65536, hidden_stride=2)
+    return _ovis25(text)
+
+
+def ovis25_2b_config() -> OvisConfig:
+    """Ovis2.5-2B: the SigLIP2 NaViT (native resolution) + Qwen3-1.7B, K = 65536 (head K - 4), s = 2."""
+    text = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
+    return _ovis25(text)
 
 
 register(
@@ -295,14 +350,24 @@ register(
 )
 register(
     Preset(
-        "ovis2.5-9b-like",
-        "Ovis2.5-9B-like: SigLIP2-so400m-16 (square 512 crops) + Qwen3-8B, K=65536",
+        "ovis2.5-9b",
+        "Ovis2.5-9B: SigLIP2-so400m-16-512 NaViT (native resolution) + Qwen3-8B, K=65536",
         ovis25_9b_config,
         vision_hub_id="google/siglip2-so400m-patch16-512",
         llm_hub_id="Qwen/Qwen3-8B",
-        notes=["native-resolution input is approximated by square 512-px crops"],
     )
 )
+register(
+    Preset(
+        "ovis2.5-2b",
+        "Ovis2.5-2B: SigLIP2-so400m-16-512 NaViT (native resolution) + Qwen3-1.7B, K=65536",
+        ovis25_2b_config,
+        vision_hub_id="google/siglip2-so400m-patch16-512",
+        llm_hub_id="Qwen/Qwen3-1.7B",
+    )
+)
+RENAMED_PRESETS = {"ovis2.5-9b-like": "ovis2.5-9b"}
+"""Old preset names -> their replacement (``ovis2.5-9b-like`` approximated the NaViT by square crops)."""
 
 
 # ---- building ----------------------------------------------------------------------------------------
@@ -343,7 +408,7 @@ def scaled_down(config: OvisConfig) -> OvisConfig:
         "vision",
     )
     vc.image_size = config.patch_size * 4
-    if hasattr(vc, "num_patches"):
+    if getattr(vc, "num_patches", -1) > 0:  # SigLIP2 NaFlex (NaViT's -1 keeps its conv patch embedding)
         vc.num_patches = 16
     small = {
         "hidden_size": 32,

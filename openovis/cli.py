@@ -348,6 +348,20 @@ def chat(
     compile: Annotated[
         bool, typer.Option(help="Static KV cache and a torch.compile-d decode step (greedy; compiles first).")
     ] = False,
+    thinking: Annotated[
+        bool | None,
+        typer.Option(
+            "--thinking/--no-thinking",
+            help="Thinking mode of templates that have one (Ovis2.5/Qwen3): let the model reason in a "
+            "<think> block first, or close an empty one. Default: the template's (off).",
+        ),
+    ] = None,
+    thinking_budget: Annotated[
+        int | None,
+        typer.Option(
+            help="With --thinking: most tokens of thinking before the block is closed and the answer starts."
+        ),
+    ] = None,
 ) -> None:
     """Ask a model about images: one question, or an interactive multi-turn chat with streamed answers."""
     from transformers import TextStreamer
@@ -358,7 +372,14 @@ def chat(
     images = [resolve_user_image(str(p), image_root) for p in image or []]
     pipe = OvisPipeline.from_pretrained(model, device=device, compile=compile)
     if question is not None:
-        typer.echo(pipe.chat(question, images, max_new_tokens=max_new_tokens))
+        answer = pipe.chat(
+            question,
+            images,
+            max_new_tokens=max_new_tokens,
+            thinking=thinking,
+            thinking_budget=thinking_budget,
+        )
+        typer.echo(answer)
         return
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     history = pipe.new_conversation()
@@ -378,7 +399,15 @@ def chat(
                 pending.append(resolve_user_image(line.split(" ", 1)[1].strip(), image_root))
                 continue
             typer.echo("ovis> ", nl=False)
-            pipe.chat(line, pending, history=history, max_new_tokens=max_new_tokens, streamer=streamer)
+            pipe.chat(
+                line,
+                pending,
+                history=history,
+                max_new_tokens=max_new_tokens,
+                streamer=streamer,
+                thinking=thinking,
+                thinking_budget=thinking_budget,
+            )
         except SkipSample as err:
             typer.echo(f"error: {err}", err=True)
             if line.startswith("/image "):

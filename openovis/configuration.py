@@ -10,12 +10,84 @@ Every field is validated on construction; an invalid value raises ``ValueError``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from transformers import CONFIG_MAPPING, PretrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
 from openovis.constants import IMAGE_ATOM, INDICATOR_TOKENS_OVIS2
 from openovis.options import CONNECTORS, BackboneFeature, LossImpl, TokenizeFunction, VetImpl, check_choice
+
+
+class NavitConfig(PretrainedConfig):
+    """Configuration of :class:`NavitModel`; fields and defaults as the official ``Siglip2NavitConfig``.
+
+    ``fullatt_block_indexes`` may be a list of ints or the official ``"7|15|23"`` string; ``None``
+    means every block attends over its whole frame (no window attention). ``window_size`` is in
+    pixels: a window is ``window_size // hidden_stride // patch_size`` merge units a side.
+    """
+
+    model_type = "openovis_navit"
+
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        intermediate_size: int = 4096,
+        num_hidden_layers: int = 24,
+        num_attention_heads: int = 16,
+        num_channels: int = 3,
+        num_patches: int = -1,
+        image_size: int = 512,
+        patch_size: int = 16,
+        hidden_act: str = "gelu_pytorch_tanh",
+        layer_norm_eps: float = 1e-6,
+        attention_dropout: float = 0.0,
+        hidden_stride: int = 2,
+        window_size: int = 112,
+        fullatt_block_indexes: Any = None,
+        temporal_patch_size: int = 1,
+        preserve_original_pe: bool = True,
+        use_rope: bool = True,
+        rope_theta: float = 10000.0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_channels = num_channels
+        self.num_patches = num_patches
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.attention_dropout = attention_dropout
+        self.hidden_stride = hidden_stride
+        self.window_size = window_size
+        self.fullatt_block_indexes = fullatt_block_indexes
+        self.temporal_patch_size = temporal_patch_size
+        self.preserve_original_pe = preserve_original_pe
+        self.use_rope = use_rope
+        self.rope_theta = rope_theta
+
+    @property
+    def full_attention_blocks(self) -> list[int] | None:
+        v = self.fullatt_block_indexes
+        if v is None:
+            return None
+        if isinstance(v, str):
+            return [int(i) for i in v.split("|") if i.strip()]
+        return [int(i) for i in v]
+
+    @classmethod
+    def from_official(cls, vit_config: Mapping[str, Any]) -> NavitConfig:
+        """From the official ``vit_config`` dict (``model_type: siglip2_navit``) of an Ovis2.5 config.json."""
+        keys = cls().to_dict().keys()
+        return cls(**{k: v for k, v in vit_config.items() if k in keys and k not in ("model_type",)})
+
+
+AutoConfig.register(NavitConfig.model_type, NavitConfig, exist_ok=True)
 
 
 def _sub_config(value: Any, field: str) -> PretrainedConfig | None:
@@ -36,7 +108,8 @@ class OvisConfig(PretrainedConfig):
 
     Args:
         vision_config: Config of the vision backbone (CLIP, SigLIP, SigLIP2, AIMv2, ... any transformers
-            vision model), or a dict with its ``model_type``.
+            vision model, or `NavitConfig` for Ovis2.5's native-resolution encoder), or a dict with its
+            ``model_type``.
         text_config: Config of the causal LM (Llama, Qwen2/3, Gemma, ...), or a dict with its ``model_type``.
         visual_vocab_size: K, rows of the VET, including the ``len(indicator_tokens)`` indicator rows.
         hidden_stride: s; each s×s block of neighbouring patch features is concatenated into one visual token.
@@ -147,6 +220,12 @@ class OvisConfig(PretrainedConfig):
                 raise ValueError(
                     f"image_atom_id/indicator_token_ids: id {i} is outside the text vocabulary [0, {vocab})"
                 )
+        native_stride = getattr(self.vision_config, "hidden_stride", None) if self.native_resolution else None
+        if native_stride is not None and native_stride != self.hidden_stride:
+            raise ValueError(
+                f"hidden_stride: {self.hidden_stride} differs from vision_config.hidden_stride {native_stride} "
+                "(the NaViT encoder orders its rows in hidden_stride x hidden_stride merge units)"
+            )
         for field in ("image_size", "patch_size", "hidden_size"):
             if self.vision_config is not None and not hasattr(self.vision_config, field):
                 raise ValueError(f"vision_config.{field}: missing; the vision backbone config must define it")
@@ -156,6 +235,12 @@ class OvisConfig(PretrainedConfig):
     def num_indicators(self) -> int:
         """n, the number of indicator tokens (the last n rows of the VET)."""
         return len(self.indicator_tokens)
+
+    @property
+    def native_resolution(self) -> bool:
+        """Whether the backbone is the packed NaViT encoder (Ovis2.5): images at their own size,
+        ``pixel_values [N, C*T*p*p]`` rows with ``grid_thw [n, 3]``, instead of square crops."""
+        return getattr(self.vision_config, "model_type", None) == NavitConfig.model_type
 
     @property
     def crop_size(self) -> int:

@@ -17,8 +17,15 @@ IMAGE_ATOM = "<IMG_ATOM>"
 INDICATOR_TOKENS_OVIS2 = ("<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>")
 """Ovis2 indicators in VET-row order (n = 5)."""
 
+INDICATOR_TOKENS_OVIS25 = ("<IMG_START>", "<IMG_END>", "<VID_START>", "<VID_END>")
+"""Ovis2.5 indicators (n = 4): an image is ``<IMG_START> atoms <IMG_END>`` at its native resolution;
+the video pair is reserved (VET rows, as in the official code)."""
+
 INDICATOR_TOKENS_OVIS1 = ("<IMG_START>", "<IMG_END>")
 """Ovis 1.0 indicators (n = 2): one square-padded image, start and end."""
+
+THINK_END = "</think>"
+"""Closes the thinking block of Qwen3-style chat templates (Ovis2.5)."""
 
 IGNORE_INDEX = -100
 """Label value ignored by the loss."""

@@ -147,7 +147,11 @@ class TokenStreamer:
 
     @torch.inference_mode()
     def stream(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, params: SamplingParams
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        params: SamplingParams,
+        grid_thw: torch.Tensor | None = None,
     ) -> Iterator[int]:
         """Yields the answer's token ids; closing the iterator early stops generation.
 
@@ -155,6 +159,7 @@ class TokenStreamer:
             input_ids: The prompt, ``[L]`` or ``[1, L]``.
             pixel_values: Its crops ``[C, 3, S, S]`` or None.
             params: Sampling parameters.
+            grid_thw: NaViT models: the images' ``[n, 3]`` grids (``pixel_values`` are then packed rows).
 
         Raises:
             ValueError: With a static cache, prompt plus ``max_new_tokens`` exceed ``max_cache_len``.
@@ -176,7 +181,9 @@ class TokenStreamer:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device, self.model.dtype)
-        embeds = self.model.embed_inputs(ids, pixel_values)  # [1, L, D]: visual embeddings, once
+        embeds = self.model.embed_inputs(
+            ids, pixel_values, grid_thw=grid_thw
+        )  # [1, L, D]: visual embeddings, once
         positions = torch.arange(length, device=self.device)[None]  # [1, L]
         out = self.llm(
             inputs_embeds=embeds, position_ids=positions, use_cache=True, **{self._cache_arg: cache}
@@ -193,7 +200,11 @@ class TokenStreamer:
             logits = self._step(torch.tensor([[token]], device=self.device), position, cache)
 
     def generate(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, params: SamplingParams
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        params: SamplingParams,
+        grid_thw: torch.Tensor | None = None,
     ) -> list[int]:
         """All of :meth:`stream` as a list."""
-        return list(self.stream(input_ids, pixel_values, params))
+        return list(self.stream(input_ids, pixel_values, params, grid_thw))

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from openovis.constants import IMAGE_PLACEHOLDER
+from openovis.constants import IMAGE_PLACEHOLDER, THINK_END
 from openovis.integrity import CheckpointError, verify_folder
 
 
@@ -153,15 +153,22 @@ class OvisPipeline:
             )
         return limit - max_new_tokens
 
-    def prepare(self, conversation: Any, images: Sequence[Any] | None, max_new_tokens: int) -> dict[str, Any]:
+    def prepare(
+        self,
+        conversation: Any,
+        images: Sequence[Any] | None,
+        max_new_tokens: int,
+        thinking: bool | None = None,
+    ) -> dict[str, Any]:
         """Processes one generation prompt (validated, length-checked, images decoded).
+
+        ``thinking``: the chat template's ``enable_thinking`` (None: its default; Ovis2.5: off).
 
         Raises:
             SkipSample: The prompt is unusable (reason and detail say why), before the model runs.
         """
-        return self.processor(
-            conversation, images, mode="generate", max_length=self.prompt_limit(max_new_tokens)
-        )
+        limit = self.prompt_limit(max_new_tokens)
+        return self.processor(conversation, images, mode="generate", max_length=limit, thinking=thinking)
 
     def generate_prepared(
         self,
@@ -202,6 +209,7 @@ class OvisPipeline:
         images: Sequence[Sequence[Any] | None] | None = None,
         max_new_tokens: int = 32,
         do_sample: bool = False,
+        thinking: bool | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Answers a batch of prompts (each a string or a conversation ending with a user turn).
@@ -213,7 +221,8 @@ class OvisPipeline:
         if len(per_sample) != len(conversations):
             raise ValueError(f"images: {len(per_sample)} image lists for {len(conversations)} prompts")
         samples = [
-            self.prepare(c, imgs, max_new_tokens) for c, imgs in zip(conversations, per_sample, strict=True)
+            self.prepare(c, imgs, max_new_tokens, thinking)
+            for c, imgs in zip(conversations, per_sample, strict=True)
         ]
         return self.generate_prepared(samples, max_new_tokens, do_sample, **kwargs)
 
@@ -229,13 +238,21 @@ class OvisPipeline:
         max_new_tokens: int = 64,
         do_sample: bool = False,
         streamer: Any = None,
+        thinking: bool | None = None,
+        thinking_budget: int | None = None,
         **kwargs: Any,
     ) -> str:
         """Answers one question; with ``history`` the turn (and its answer) is appended to it.
 
         Images given here are added to the conversation; a ``<image>`` placeholder is put in front of
-        the question for each image the question does not already place.
+        the question for each image the question does not already place. ``thinking`` switches the
+        chat template's thinking mode (Ovis2.5; None: the template's default, off).
+        ``thinking_budget`` (with ``thinking=True``) caps the thinking phase: after that many tokens
+        without ``</think>`` the block is closed and the answer generated with what is left of
+        ``max_new_tokens``.
         """
+        if thinking_budget is not None and (thinking is not True or thinking_budget < 1):
+            raise ValueError("thinking_budget: a positive number of tokens, and only with thinking=True")
         history = history if history is not None else Conversation()
         images = list(images or [])
         missing = len(images) - question.count(IMAGE_PLACEHOLDER)
@@ -244,7 +261,7 @@ class OvisPipeline:
         messages = [*history.messages, {"role": "user", "content": question}]
         all_images = [*history.images, *images]
         # Processed before the history changes: a bad image or prompt leaves the conversation as it was.
-        sample = self.prepare(messages, all_images or None, max_new_tokens)
+        sample = self.prepare(messages, all_images or None, max_new_tokens, thinking)
         history.messages.append(messages[-1])
         history.images.extend(images)
         inputs = {
@@ -253,7 +270,13 @@ class OvisPipeline:
         }
         if sample["pixel_values"] is not None:
             inputs["pixel_values"] = sample["pixel_values"].to(self.device, self.model.dtype)
-        if self.fast is not None and not do_sample and not kwargs:
+        if sample.get("grid_thw") is not None:
+            inputs["grid_thw"] = sample["grid_thw"]
+        if thinking_budget is not None:
+            new = self._think_then_answer(
+                inputs, thinking_budget, max_new_tokens, do_sample, streamer, **kwargs
+            )
+        elif self.fast is not None and not do_sample and not kwargs:
             new = self._fast_answer(inputs, max_new_tokens, streamer)
         else:
             out = self.model.generate(
@@ -265,6 +288,43 @@ class OvisPipeline:
         history.messages.append({"role": "assistant", "content": answer})
         return answer
 
+    def _think_then_answer(
+        self,
+        inputs: dict[str, Any],
+        budget: int,
+        max_new_tokens: int,
+        do_sample: bool,
+        streamer: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Generates a thinking phase of at most ``budget`` tokens (stopping at ``</think>``), closes
+        the block if the model did not, then the answer; returns all new ids ``[n]``."""
+        tokenizer = self.processor.tokenizer
+        end_think = tokenizer.convert_tokens_to_ids(THINK_END)
+        if end_think is None or end_think == tokenizer.unk_token_id:
+            raise ValueError(f"thinking_budget: the tokenizer has no {THINK_END} token")
+        length = inputs["input_ids"].shape[1]
+        first = self._generate_kwargs(min(budget, max_new_tokens), do_sample, **kwargs)
+        first["eos_token_id"] = [*first["eos_token_id"], end_think]
+        thought = self.model.generate(**inputs, streamer=streamer, **first)[0, length:]
+        stopped = thought.numel() > 0 and int(thought[-1]) in first["eos_token_id"]
+        if stopped and int(thought[-1]) != end_think:  # the model ended its turn while thinking
+            return thought
+        if not stopped:  # the budget ran out: close the block as the template writes it
+            close = tokenizer.encode(f"\n{THINK_END}\n\n", add_special_tokens=False)
+            thought = torch.cat([thought, torch.tensor(close, device=thought.device)])
+        left = max_new_tokens - thought.numel()
+        if left <= 0:
+            return thought
+        ids = torch.cat([inputs["input_ids"][0], thought])[None]  # [1, L + n]
+        if streamer is not None and hasattr(streamer, "next_tokens_are_prompt"):
+            streamer.next_tokens_are_prompt = True  # TextStreamer: do not print the prompt again
+        rest = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        answer = self.model.generate(
+            **rest, streamer=streamer, **self._generate_kwargs(left, do_sample, **kwargs)
+        )[0, ids.shape[1] :]
+        return torch.cat([thought, answer])
+
     def _fast_answer(self, inputs: dict[str, Any], max_new_tokens: int, streamer: Any) -> list[int]:
         """Greedy answer through the static-cache, compiled decoder (``compile=True``)."""
         from openovis.generation import SamplingParams
@@ -275,7 +335,10 @@ class OvisPipeline:
                 inputs["input_ids"].cpu()
             )  # as generate does: the prompt first (skip_prompt drops it)
         for token in self.fast.stream(
-            inputs["input_ids"], inputs.get("pixel_values"), SamplingParams(max_new_tokens=max_new_tokens)
+            inputs["input_ids"],
+            inputs.get("pixel_values"),
+            SamplingParams(max_new_tokens=max_new_tokens),
+            inputs.get("grid_thw"),
         ):
             tokens.append(token)
             if streamer is not None:

@@ -18,18 +18,23 @@ def test_every_preset_builds_and_runs_scaled_down(name):
     cfg = model.config
     assert type(cfg.vision_config) is type(build_config(name).vision_config)
     assert type(cfg.text_config) is type(build_config(name).text_config)
-    crops = 1 if cfg.num_indicators == 2 else 2  # Ovis 1.0 layout has only start/end indicators
-    ids = [
-        cfg.indicator_token_ids[0],
-        *[cfg.image_atom_id] * (cfg.visual_tokens_per_crop * crops),
-        cfg.indicator_token_ids[-1],
-        3,
-    ]
-    out = model(
-        input_ids=torch.tensor([ids]),
-        pixel_values=torch.randn(crops, 3, cfg.crop_size, cfg.crop_size),
-        labels=torch.tensor([ids]),
-    )
+    if cfg.native_resolution:  # Ovis2.5: one image of 4x6 patches, packed rows, 6 visual tokens
+        vc = cfg.vision_config
+        images = {
+            "pixel_values": torch.randn(24, 3 * vc.temporal_patch_size * vc.patch_size**2),
+            "grid_thw": torch.tensor([[1, 4, 6]]),
+        }
+        ids = [cfg.indicator_token_ids[0], *[cfg.image_atom_id] * 6, cfg.indicator_token_ids[1], 3]
+    else:
+        crops = 1 if cfg.num_indicators == 2 else 2  # Ovis 1.0 layout has only start/end indicators
+        images = {"pixel_values": torch.randn(crops, 3, cfg.crop_size, cfg.crop_size)}
+        ids = [
+            cfg.indicator_token_ids[0],
+            *[cfg.image_atom_id] * (cfg.visual_tokens_per_crop * crops),
+            cfg.indicator_token_ids[-1],
+            3,
+        ]
+    out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids]), **images)
     assert torch.isfinite(out.loss)
 
 
@@ -45,7 +50,6 @@ def test_tiny_is_small_and_fast():
         ("paper-ovis-8b-like", 131072, 1, 2, 576),
         ("ovis1.6-gemma2-9b-like", 65536, 2, 5, 196),
         ("ovis2-2b-like", 65536, 2, 5, 256),
-        ("ovis2.5-9b-like", 65536, 2, 5, 256),
     ],
 )
 def test_real_presets_carry_design_numbers(name, k, s, n, tokens):
@@ -61,7 +65,31 @@ def test_real_presets_carry_design_numbers(name, k, s, n, tokens):
 def test_real_preset_sizes():
     assert build_config("paper-ovis-8b-like").text_config.hidden_size == 4096
     assert build_config("ovis2-2b-like").vision_config.model_type == "aimv2_vision_model"
-    assert build_config("ovis2.5-9b-like").vision_config.model_type == "siglip2_vision_model"
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "layers", "heads", "kv_heads", "ffn", "tied"),
+    [("ovis2.5-9b", 4096, 36, 32, 8, 12288, False), ("ovis2.5-2b", 2048, 28, 16, 8, 6144, True)],
+)
+def test_ovis25_presets_have_the_official_shapes(name, width, layers, heads, kv_heads, ffn, tied):
+    cfg = build_config(name)
+    vc, tc = cfg.vision_config, cfg.text_config
+    assert cfg.native_resolution and vc.model_type == "openovis_navit"
+    vit = (vc.hidden_size, vc.num_hidden_layers, vc.num_attention_heads, vc.intermediate_size)
+    assert vit == (1152, 27, 16, 4304)
+    assert (vc.patch_size, vc.hidden_stride, vc.temporal_patch_size, vc.image_size) == (16, 2, 1, 512)
+    assert (vc.num_patches, vc.window_size, vc.full_attention_blocks, vc.use_rope) == (-1, 112, None, True)
+    assert (cfg.visual_vocab_size, cfg.num_indicators, cfg.hidden_stride) == (65536, 4, 2)
+    assert cfg.visual_feature_size == 4 * 1152  # the head is Linear(4608, 65532)
+    assert tc.model_type == "qwen3" and tc.vocab_size == 151936 and tc.head_dim == 128
+    assert (tc.hidden_size, tc.num_hidden_layers, tc.num_attention_heads) == (width, layers, heads)
+    assert (tc.num_key_value_heads, tc.intermediate_size, tc.tie_word_embeddings) == (kv_heads, ffn, tied)
+    assert tc.max_position_embeddings == 40960 and tc.rope_parameters["rope_theta"] == 1e6
+
+
+def test_the_approximate_ovis25_preset_name_points_to_the_real_one():
+    with pytest.raises(ValueError, match="replaced by 'ovis2.5-9b'"):
+        build_config("ovis2.5-9b-like")
 
 
 def _word_tokenizer() -> PreTrainedTokenizerFast:

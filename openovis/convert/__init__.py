@@ -1,4 +1,4 @@
-"""Checkpoint conversion: transformers' native Ovis2 and the official AIDC-AI Ovis layout (DESIGN §6).
+"""Checkpoint conversion: transformers' native Ovis2 and the official AIDC-AI Ovis layouts (1.x, 2, 2.5; DESIGN §6).
 
     convert_checkpoint(src, dst, to="openovis" | "official" | "hf-ovis2")   # any folder, layout detected
 

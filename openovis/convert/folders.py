@@ -1,6 +1,6 @@
 """One entry point for saved folders: detect the source layout, convert to the target layout.
 
-    convert_checkpoint(src, dst, to="openovis")        # official 1.x/2, transformers Ovis2 or openovis in
+    convert_checkpoint(src, dst, to="openovis")        # official 1.x/2/2.5, transformers Ovis2 or openovis in
     detect_layout(src)                                  # "official" | "official-2.5" | "hf-ovis2" | "openovis"
 
 Official (AIDC-AI remote code) -> openovis writes a complete folder that `OvisPipeline.from_pretrained`
@@ -25,13 +25,17 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from openovis.configuration import OvisConfig
-from openovis.constants import IMAGE_ATOM
+from openovis.constants import IMAGE_ATOM, INDICATOR_TOKENS_OVIS25
 from openovis.convert.official import (
     BACKBONE,
     _num_indicators,
+    official25_state_dict_to_openovis,
+    official25_vit_config,
     official_state_dict_to_openovis,
     openovis_config_from_official,
+    openovis_config_from_official25,
     openovis_state_dict_to_official,
+    openovis_state_dict_to_official25,
 )
 from openovis.convert.ovis2_hf import (
     StateDict,
@@ -44,6 +48,7 @@ from openovis.convert.ovis2_hf import (
 from openovis.modeling.ovis import OvisForConditionalGeneration
 from openovis.options import CheckpointLayout, ConversionTarget, check_choice
 from openovis.processing.image import SIGLIP_MEAN, SIGLIP_STD, ImageProcessingConfig
+from openovis.processing.navit_image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from openovis.processing.processor import OvisProcessor, add_ovis_tokens
 
 logger = logging.getLogger(__name__)
@@ -89,7 +94,11 @@ QWEN_TEMPLATE = (
 
 QWEN3_TEMPLATE = (
     "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' and '<think>' not in message['content'] %}"
+    "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% if not enable_thinking | default(false) %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
@@ -97,16 +106,26 @@ QWEN3_TEMPLATE = (
 )
 """Ovis2.5's ``Qwen3ConversationFormatter`` (ChatML, no default system prompt): with thinking off (the
 default) the generation prompt ends with the empty ``<think>\n\n</think>\n\n`` preface; with
-``enable_thinking=True`` the model writes its own. Ready for the Ovis2.5 wiring (not yet used)."""
+``enable_thinking=True`` the model writes its own. An assistant turn without a ``<think>`` block
+gets the empty one, as the official formatter does, so every turn renders as a prefix of the next."""
 
 FORMATTER_TEMPLATES = {
     "GemmaConversationFormatter": GEMMA_TEMPLATE,
     "QwenConversationFormatter": QWEN_TEMPLATE,
+    "Qwen3ConversationFormatter": QWEN3_TEMPLATE,
 }
-END_OF_TURN = {"GemmaConversationFormatter": "<end_of_turn>", "QwenConversationFormatter": "<|im_end|>"}
+END_OF_TURN = {
+    "GemmaConversationFormatter": "<end_of_turn>",
+    "QwenConversationFormatter": "<|im_end|>",
+    "Qwen3ConversationFormatter": "<|im_end|>",
+}
 """The token each official formatter ends a turn with (generation stops there)."""
 # openovis text model type -> the official formatter (for exports).
-FORMATTERS = {"gemma2": "GemmaConversationFormatter", "qwen2": "QwenConversationFormatter"}
+FORMATTERS = {
+    "gemma2": "GemmaConversationFormatter",
+    "qwen2": "QwenConversationFormatter",
+    "qwen3": "Qwen3ConversationFormatter",
+}
 
 
 # ---- layouts ----------------------------------------------------------------------------------------
@@ -188,15 +207,51 @@ def _write_generation_config(dst: Path, processor: OvisProcessor, formatter: str
     ).save_pretrained(dst)
 
 
+def _official_model(
+    official: dict[str, Any], state: StateDict, notes: list[str]
+) -> tuple[OvisConfig, StateDict]:
+    """The openovis config and state dict of an official folder's config and weights (1.x/2 or 2.5)."""
+    if "vit_config" in official:  # Ovis2.5
+        config = openovis_config_from_official25(official)
+        head = state.get("visual_tokenizer.head.0.weight")
+        if head is not None and config.visual_vocab_size - head.shape[0] != config.num_indicators:
+            raise ValueError(
+                f"visual_tokenizer.head.0.weight: {head.shape[0]} words with visual_vocab_size "
+                f"{config.visual_vocab_size} leaves {config.visual_vocab_size - head.shape[0]} indicator rows; "
+                f"Ovis2.5 has {config.num_indicators}"
+            )
+        return config, official25_state_dict_to_openovis(state)
+    state = _drop_pooling_head(state, notes)
+    config = openovis_config_from_official(official, num_indicators=_num_indicators(official, state))
+    return config, official_state_dict_to_openovis(state, config.vision_config)
+
+
+def _official_image_config(
+    config: OvisConfig, mean: tuple[float, ...], std: tuple[float, ...], max_partition: int
+) -> ImageProcessingConfig:
+    """The processor's image settings for a converted official model: crops (1.x/2) or, for Ovis2.5,
+    native resolution with the official ``preprocess_inputs`` pixel budget (448², 1344·1792)."""
+    vc = config.vision_config
+    common = {"patch_size": int(vc.patch_size), "hidden_stride": config.hidden_stride}
+    common |= {"image_size": int(vc.image_size), "image_mean": mean, "image_std": std}
+    if config.native_resolution:
+        return ImageProcessingConfig(
+            **common,
+            native_resolution=True,
+            min_pixels=DEFAULT_MIN_PIXELS,
+            max_pixels=DEFAULT_MAX_PIXELS,
+            temporal_patch_size=vc.temporal_patch_size,
+        )
+    return ImageProcessingConfig(**common, max_partition=max_partition)
+
+
 def official_folder_to_openovis(
     src: Path, dst: Path, *, max_shard_size: str = "5GB", max_partition: int = OFFICIAL_MAX_PARTITION
 ) -> list[str]:
-    """Official Ovis 1.x/2 folder -> a complete openovis folder; returns notes for the log."""
+    """Official Ovis 1.x/2/2.5 folder -> a complete openovis folder; returns notes for the log."""
     notes: list[str] = []
     official = json.loads((src / "config.json").read_text())
-    state = _drop_pooling_head(read_safetensors(src), notes)
-    n = _num_indicators(official, state)
-    config = openovis_config_from_official(official, num_indicators=n)
+    config, state = _official_model(official, read_safetensors(src), notes)
 
     tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     added = add_ovis_tokens(tokenizer, config.indicator_tokens, chatml=False)
@@ -218,7 +273,6 @@ def official_folder_to_openovis(
         if added
         else f"the tokenizer already has {IMAGE_ATOM}={atom_id} and indicators {indicator_ids}"
     )
-    state = official_state_dict_to_openovis(state, config.vision_config)
     state, config = _resize_vocab(state, config, max(len(tokenizer), config.text_config.vocab_size), notes)
     config.image_atom_id = atom_id
     config.indicator_token_ids = list(indicator_ids)
@@ -229,15 +283,7 @@ def official_folder_to_openovis(
     state = checkpoint_state_dict(OvisForConditionalGeneration, config, state)
 
     mean, std = _image_stats(src, config.vision_config.model_type)
-    vc = config.vision_config
-    image_config = ImageProcessingConfig(
-        image_size=int(vc.image_size),
-        patch_size=int(vc.patch_size),
-        hidden_stride=config.hidden_stride,
-        image_mean=mean,
-        image_std=std,
-        max_partition=max_partition,
-    )
+    image_config = _official_image_config(config, mean, std, max_partition)
     processor = OvisProcessor(tokenizer, image_config, config.indicator_tokens, chat_format="template")
     processor._check_model_ids(config)
 
@@ -246,10 +292,12 @@ def official_folder_to_openovis(
     write_safetensors(state, dst, max_shard_size)
     processor.save_pretrained(dst)
     _write_generation_config(dst, processor, formatter)
-    notes.append(
-        f"processor: crop {vc.image_size}px, max_partition {max_partition}, mean {list(mean)}, std {list(std)}; "
-        f"chat template of {formatter}"
+    images = (
+        f"native resolution, {image_config.min_pixels} to {image_config.max_pixels} pixels"
+        if image_config.native_resolution
+        else f"crop {image_config.image_size}px, max_partition {max_partition}"
     )
+    notes.append(f"processor: {images}, mean {list(mean)}, std {list(std)}; chat template of {formatter}")
     return notes
 
 
@@ -270,8 +318,18 @@ def _official_backbone_config(config: OvisConfig) -> dict[str, Any]:
 
 
 def official_config_from_openovis(config: OvisConfig) -> dict[str, Any]:
-    """The official ``config.json`` (as a dict) of an openovis config."""
+    """The official ``config.json`` (as a dict) of an openovis config (the Ovis2.5 form for a NaViT model)."""
     vc, tc = config.vision_config, config.text_config
+    if config.native_resolution:
+        return {
+            "architectures": ["Ovis"],
+            "model_type": "ovis",
+            "conversation_formatter_class": FORMATTERS.get(tc.model_type),
+            "hidden_size": tc.hidden_size,
+            "llm_config": tc.to_dict(),
+            "visual_vocab_size": config.visual_vocab_size,
+            "vit_config": official25_vit_config(vc),
+        }
     kind = "aimv2" if vc.model_type == "aimv2_vision_model" else vc.model_type.split("_")[0]
     return {
         "architectures": ["Ovis"],
@@ -303,6 +361,12 @@ def check_official_compatible(config: OvisConfig, *, accept_pre_norm: bool = Fal
         problems.append(f"tokenize_temperature={config.tokenize_temperature}: the official code has none")
     if config.head_norm_eps != 1e-5:
         problems.append(f"head_norm_eps={config.head_norm_eps}: the official head LayerNorm uses 1e-5")
+    if config.native_resolution and tuple(config.indicator_tokens) != INDICATOR_TOKENS_OVIS25:
+        problems.append(
+            f"indicator_tokens={config.indicator_tokens!r}: the official Ovis2.5 has 4 (image, video)"
+        )
+    if config.native_resolution and config.tokenize_function != "softmax":
+        problems.append(f"tokenize_function={config.tokenize_function!r}: the official Ovis2.5 uses softmax")
     if config.backbone_feature == "post_norm" and not accept_pre_norm:
         problems.append(
             "backbone_feature='post_norm': the official code reads the encoder before its final norm; "
@@ -319,7 +383,10 @@ def openovis_folder_to_official(
     config = OvisConfig.from_pretrained(src)
     check_official_compatible(config, accept_pre_norm=accept_pre_norm)
     state = checkpoint_state_dict(OvisForConditionalGeneration, config, read_safetensors(src))
-    official = openovis_state_dict_to_official(state, config.vision_config)
+    if config.native_resolution:
+        official = openovis_state_dict_to_official25(state)
+    else:
+        official = openovis_state_dict_to_official(state, config.vision_config)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "config.json").write_text(json.dumps(official_config_from_openovis(config), indent=2) + "\n")
     write_safetensors(official, dst, max_shard_size)
@@ -331,7 +398,8 @@ def openovis_folder_to_official(
         if "image_mean" in image:  # what the official code reads its normalization from
             side = image.get("image_size")
             stats = {"image_mean": image["image_mean"], "image_std": image["image_std"]}
-            stats |= {"size": {"height": side, "width": side}} if side else {}
+            if not image.get("native_resolution"):  # the NaViT resizes each image itself
+                stats |= {"size": {"height": side, "width": side}} if side else {}
             (dst / "preprocessor_config.json").write_text(json.dumps(stats, indent=2) + "\n")
     notes = [
         "wrote the official layout; the tokenizer keeps the Ovis tokens (the official code ignores them)"
@@ -369,13 +437,7 @@ def convert_checkpoint(
     check_choice("to", to, ConversionTarget)
     src, dst = Path(src_dir), Path(dst_dir)
     layout = detect_layout(src)
-    if layout == "official-2.5":
-        raise ValueError(
-            f"{src}: an official Ovis2.5 checkpoint (vit_config). Its encoder and preprocessing match the "
-            "official code (openovis.modeling.navit, openovis.processing.navit_image); the full model "
-            "is not yet wired, so it cannot be converted"
-        )
-    if layout == to or (layout == "hf-ovis2" and to == "hf-ovis2"):
+    if layout == to or (layout == "official-2.5" and to == "official"):
         raise ValueError(f"{src}: already in the {to} layout")
     if layout != "openovis" and to != "openovis":  # through openovis
         with tempfile.TemporaryDirectory() as tmp:
@@ -390,7 +452,7 @@ def convert_checkpoint(
                 accept_pre_norm=accept_pre_norm,
                 max_shard_size=max_shard_size,
             )
-    if layout == "official":
+    if layout in ("official", "official-2.5"):
         notes = official_folder_to_openovis(src, dst, max_shard_size=max_shard_size)
     elif layout == "hf-ovis2":
         feature = "pre_norm" if official_numerics else "post_norm"

@@ -25,6 +25,11 @@ the official code's own module; its keys map to transformers' ``Aimv2VisionModel
     trunk.blocks.{i}.mlp.fc2.*  (down)                encoder.layers.{i}.ffn.down_proj.*
     trunk.post_trunk_norm.weight                      rms_norm.weight  (kept; official numerics skip it)
 
+Ovis2.5's NaViT is the official code's own module too; `openovis.modeling.navit` uses its module
+names, so only the prefix changes (``visual_tokenizer.vit.*`` <-> ``visual_tokenizer.backbone.*``);
+its config is ``vit_config`` (`NavitConfig`), ``visual_vocab_size`` is K and the head leaves the
+last 4 VET rows to the indicators (image start/end, video start/end).
+
 The official code reads the encoder's ``hidden_states[-1]``, before ``post_trunk_norm``, so models
 converted from it default to ``backbone_feature="pre_norm"``. Its input ids use negative
 placeholders for the image atom and the indicators; openovis uses real tokens, so their ids (the
@@ -42,7 +47,8 @@ from typing import Any
 import torch
 from transformers import Aimv2VisionConfig, AutoModel, PretrainedConfig
 
-from openovis.configuration import OvisConfig, _sub_config
+from openovis.configuration import NavitConfig, OvisConfig, _sub_config
+from openovis.constants import INDICATOR_TOKENS_OVIS25
 from openovis.convert.ovis2_hf import (
     StateDict,
     checkpoint_state_dict,
@@ -294,6 +300,72 @@ def openovis_config_from_official(
         "architectures": [OvisForConditionalGeneration.__name__],
     }
     return OvisConfig(**{**fields, **overrides})
+
+
+# ---- Ovis2.5 (vit_config) ---------------------------------------------------------------------------
+VIT = "visual_tokenizer.vit."
+OFFICIAL_NAVIT_TYPE = "siglip2_navit"
+OFFICIAL_NAVIT_FIELDS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+    "num_patches", "image_size", "patch_size", "hidden_act", "layer_norm_eps", "attention_dropout",
+    "hidden_stride", "window_size", "fullatt_block_indexes", "temporal_patch_size",
+    "preserve_original_pe", "use_rope",
+)  # fmt: skip
+"""The official ``Siglip2NavitConfig`` fields; its RoPE base is fixed at 10000."""
+OFFICIAL_NAVIT_ROPE_THETA = 10000.0
+
+
+def official25_state_dict_to_openovis(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Official Ovis2.5 keys -> openovis checkpoint keys: ``visual_tokenizer.vit.`` becomes the backbone prefix."""
+    return {(BACKBONE + k[len(VIT) :] if k.startswith(VIT) else k): v for k, v in state_dict.items()}
+
+
+def openovis_state_dict_to_official25(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """openovis checkpoint keys of a NaViT model -> official Ovis2.5 keys."""
+    return {(VIT + k[len(BACKBONE) :] if k.startswith(BACKBONE) else k): v for k, v in state_dict.items()}
+
+
+def openovis_config_from_official25(
+    config: Mapping[str, Any],
+    *,
+    image_atom_id: int | None = None,
+    indicator_token_ids: list[int] | None = None,
+    **overrides: Any,
+) -> OvisConfig:
+    """The `OvisConfig` of an official Ovis2.5 ``config.json`` (``llm_config``, ``vit_config``,
+    ``visual_vocab_size``); the numerics of the official code: pre-norm features, softmax."""
+    vit = dict(config["vit_config"])
+    if vit.get("model_type") != OFFICIAL_NAVIT_TYPE:
+        raise ValueError(
+            f"vit_config.model_type: expected {OFFICIAL_NAVIT_TYPE!r}, got {vit.get('model_type')!r}"
+        )
+    vision = NavitConfig.from_official(vit)
+    fields: dict[str, Any] = {
+        "vision_config": vision,
+        "text_config": _sub_config(dict(config["llm_config"]), "llm_config"),
+        "visual_vocab_size": config.get("visual_vocab_size", 65536),
+        "hidden_stride": vision.hidden_stride,
+        "indicator_tokens": INDICATOR_TOKENS_OVIS25,
+        "tokenize_function": "softmax",
+        "backbone_feature": "pre_norm",
+        "image_atom_id": image_atom_id,
+        "indicator_token_ids": indicator_token_ids,
+        "architectures": [OvisForConditionalGeneration.__name__],
+    }
+    return OvisConfig(**{**fields, **overrides})
+
+
+def official25_vit_config(vision: NavitConfig) -> dict[str, Any]:
+    """The official ``vit_config`` dict of a `NavitConfig`."""
+    if vision.rope_theta != OFFICIAL_NAVIT_ROPE_THETA:
+        raise ValueError(
+            f"vision_config.rope_theta={vision.rope_theta}: the official NaViT fixes it at {OFFICIAL_NAVIT_ROPE_THETA}"
+        )
+    out = {"model_type": OFFICIAL_NAVIT_TYPE, **{f: getattr(vision, f) for f in OFFICIAL_NAVIT_FIELDS}}
+    blocks = out["fullatt_block_indexes"]
+    if isinstance(blocks, (list, tuple)):
+        out["fullatt_block_indexes"] = "|".join(str(i) for i in blocks)  # the official string form
+    return out
 
 
 # ---- models and folders -----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def backbone_config(config: PretrainedConfig) -> PretrainedConfig:
 # token), and with pre-norm features for the others. Training freezes them (DDP rejects parameters
 # that get no gradient).
 _FINAL_NORMS = {"post_layernorm", "rms_norm"}
+_WRAPPED_FINAL_NORMS = {"vision_model.post_layernorm"}  # the NaViT encoder keeps the official wrapper
 
 
 def unused_parameter_names(model: PreTrainedModel, feature: str) -> list[str]:
@@ -45,9 +46,9 @@ def unused_parameter_names(model: PreTrainedModel, feature: str) -> list[str]:
     if feature == "post_norm" and not always:
         return []
     return [
-        f"{child}.{name}"
-        for child, module in model.named_children()
-        if child in _FINAL_NORMS
+        f"{path}.{name}"
+        for path, module in model.named_modules()
+        if path in _FINAL_NORMS or path in _WRAPPED_FINAL_NORMS
         for name, _ in module.named_parameters()
     ]
 

@@ -30,86 +30,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+
+from openovis.configuration import NavitConfig
 
 try:  # optional
     from flash_attn import flash_attn_varlen_func as _flash_varlen
 except Exception:  # pragma: no cover - not installed on CPU machines
     _flash_varlen = None
-
-
-class NavitConfig(PretrainedConfig):
-    """Configuration of :class:`NavitModel`; fields and defaults as the official ``Siglip2NavitConfig``.
-
-    ``fullatt_block_indexes`` may be a list of ints or the official ``"7|15|23"`` string; ``None``
-    means every block attends over its whole frame (no window attention). ``window_size`` is in
-    pixels: a window is ``window_size // hidden_stride // patch_size`` merge units a side.
-    """
-
-    model_type = "openovis_navit"
-
-    def __init__(
-        self,
-        hidden_size: int = 1024,
-        intermediate_size: int = 4096,
-        num_hidden_layers: int = 24,
-        num_attention_heads: int = 16,
-        num_channels: int = 3,
-        num_patches: int = -1,
-        image_size: int = 512,
-        patch_size: int = 16,
-        hidden_act: str = "gelu_pytorch_tanh",
-        layer_norm_eps: float = 1e-6,
-        attention_dropout: float = 0.0,
-        hidden_stride: int = 2,
-        window_size: int = 112,
-        fullatt_block_indexes: Any = None,
-        temporal_patch_size: int = 1,
-        preserve_original_pe: bool = True,
-        use_rope: bool = True,
-        rope_theta: float = 10000.0,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_channels = num_channels
-        self.num_patches = num_patches
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.attention_dropout = attention_dropout
-        self.hidden_stride = hidden_stride
-        self.window_size = window_size
-        self.fullatt_block_indexes = fullatt_block_indexes
-        self.temporal_patch_size = temporal_patch_size
-        self.preserve_original_pe = preserve_original_pe
-        self.use_rope = use_rope
-        self.rope_theta = rope_theta
-
-    @property
-    def full_attention_blocks(self) -> list[int] | None:
-        v = self.fullatt_block_indexes
-        if v is None:
-            return None
-        if isinstance(v, str):
-            return [int(i) for i in v.split("|") if i.strip()]
-        return [int(i) for i in v]
-
-    @classmethod
-    def from_official(cls, vit_config: Mapping[str, Any]) -> NavitConfig:
-        """From the official ``vit_config`` dict (``model_type: siglip2_navit``) of an Ovis2.5 config.json."""
-        keys = cls().to_dict().keys()
-        return cls(**{k: v for k, v in vit_config.items() if k in keys and k not in ("model_type",)})
 
 
 # --------------------------------------------------------------------------- layout helpers
@@ -287,10 +220,6 @@ class NavitEncoder(nn.Module):
         self.config = config
         self.layers = nn.ModuleList([NavitEncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
-        head_dim = config.hidden_size // config.num_attention_heads
-        rope_dim = head_dim // 2  # per axis: head_dim / 4 frequencies
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float) / rope_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def rope_angles(self, grid_thw: torch.Tensor) -> torch.Tensor:
         """Per row (merge-unit order): [y·f, x·f] angles, ``[N, head_dim / 2]``."""
@@ -301,8 +230,13 @@ class NavitEncoder(nn.Module):
                 h * w, 2
             )
             pos.append(yx[merge_unit_permutation(1, h, w, s)].repeat(t, 1))
-        pos = torch.cat(pos).to(self.inv_freq.device)
-        return (pos[:, :, None].float() * self.inv_freq[None, None, :]).flatten(1)  # [N, 2 * f]
+        # computed here, not kept as a buffer: a model loaded from_pretrained (built on the meta
+        # device) would hold an uninitialized non-persistent buffer
+        cfg = self.config
+        rope_dim = cfg.hidden_size // cfg.num_attention_heads // 2  # per axis: head_dim / 4 frequencies
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float) / rope_dim))
+        pos = torch.cat(pos)
+        return (pos[:, :, None].float() * inv_freq[None, None, :]).flatten(1)  # [N, 2 * f]
 
     def forward(self, x: torch.Tensor, grid_thw: torch.Tensor, output_hidden_states: bool = False):
         cfg = self.config
@@ -325,7 +259,7 @@ class NavitEncoder(nn.Module):
             window_lengths = [m * unit for m in lengths]
         rope = None
         if cfg.use_rope:
-            ang = self.rope_angles(grid_thw)
+            ang = self.rope_angles(grid_thw).to(x.device)
             if order is not None:
                 ang = ang.view(n // unit, unit, -1)[order].view(n, -1)
             rope = (ang.cos(), ang.sin())

@@ -5,6 +5,7 @@ appearance), T visual tokens per crop, D LLM width, K visual vocabulary, n indic
 
     input_ids [B, L] -> LLM input embeddings                        [B, L, D]
     pixel_values [C, 3, S, S] -> visual tokenizer (backbone, merge)  [C, T, F]
+      (NaViT, Ovis2.5: rows [N, C·T·p²] + grid_thw [n, 3]             [1, N/s², F])
       -> connector (head + VET, or the MLP; `modeling.connector`)   [C, T, D]
     splice: the k-th atom position (row-major over B then L) takes visual token k;
             positions of indicator i take the connector's indicator row i (the VET's row K - n + i;
@@ -93,20 +94,27 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module | None:
         return self.llm.get_output_embeddings()
 
-    def visual_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Crops ``[C, 3, S, S]`` -> visual-token embeddings ``[C, T, D]`` in the LLM's input space."""
-        features = self.visual_tokenizer.features(pixel_values)  # [C, T, F]
+    def visual_embeddings(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Crops ``[C, 3, S, S]`` -> visual-token embeddings ``[C, T, D]`` in the LLM's input space
+        (NaViT: rows ``[N, C·T·p²]`` and ``grid_thw [n, 3]`` -> ``[1, N/s², D]``)."""
+        features = self.visual_tokenizer.features(pixel_values, grid_thw)  # [C, T, F]
         return self.connector(features)  # [C, T, D]
 
-    def visual_probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def visual_probabilities(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Crops ``[C, 3, S, S]`` -> visual-word distributions ``[C, T, K]`` (connectors with a vocabulary)."""
-        return self.connector.probabilities(self.visual_tokenizer.features(pixel_values))  # [C, T, K]
+        features = self.visual_tokenizer.features(pixel_values, grid_thw)  # [C, T, F]
+        return self.connector.probabilities(features)  # [C, T, K]
 
     def embed_inputs(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         past_length: int = 0,
+        grid_thw: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text embeddings with visual tokens and indicator rows spliced in: ``[B, L]`` -> ``[B, L, D]``."""
         cfg = self.config
@@ -121,7 +129,7 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
         atoms = input_ids == cfg.image_atom_id  # [B, L]
         n_atoms = int(atoms.sum())
         if pixel_values is not None and (n_atoms > 0 or past_length == 0):
-            visual = self.visual_embeddings(pixel_values)  # [C, T, D]
+            visual = self.visual_embeddings(pixel_values, grid_thw)  # [C, T, D]
             if visual.shape[0] * visual.shape[1] != n_atoms:
                 raise ValueError(
                     f"image tokens and images do not match: the text has {n_atoms} atom tokens but "
@@ -136,9 +144,8 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
         elif self._needs_dummy_image():
             # Distributed training: every process must use the same parameters (DDP) and enter the same
             # modules (ZeRO-3/FSDP) at every step, so a batch without images runs one blank crop, weighted 0.
-            s = cfg.crop_size
-            blank = torch.zeros(1, 3, s, s, device=embeds.device, dtype=self.visual_tokenizer.backbone.dtype)
-            embeds = embeds + 0.0 * self.visual_embeddings(blank).sum().to(embeds.dtype)
+            blank, blank_grid = self._blank_image(embeds.device)
+            embeds = embeds + 0.0 * self.visual_embeddings(blank, blank_grid).sum().to(embeds.dtype)
         rows = self.connector.indicator_embeddings()  # [n, D], or None: indicators keep text embeddings
         if rows is not None and cfg.indicator_token_ids is not None:
             rows = rows.to(embeds.dtype)
@@ -147,6 +154,17 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
             for i, token_id in enumerate(cfg.indicator_token_ids):
                 embeds = torch.where((input_ids == token_id).unsqueeze(-1), rows[i], embeds)
         return embeds
+
+    def _blank_image(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The smallest zero image the backbone takes: one crop, or one NaViT merge unit."""
+        cfg, dtype = self.config, self.visual_tokenizer.backbone.dtype
+        if cfg.native_resolution:
+            vc, s = cfg.vision_config, cfg.hidden_stride
+            width = vc.num_channels * vc.temporal_patch_size * vc.patch_size**2
+            grid = torch.tensor([[1, s, s]])
+            return torch.zeros(s * s, width, device=device, dtype=dtype), grid  # [s², C·T·p²]
+        s = cfg.crop_size
+        return torch.zeros(1, 3, s, s, device=device, dtype=dtype), None
 
     def _needs_dummy_image(self) -> bool:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -164,13 +182,16 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        grid_thw: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Runs the spliced sequence through the LLM.
 
         Args:
             input_ids: ``[B, L]`` token ids with atom and indicator tokens where images go.
-            pixel_values: ``[C, 3, S, S]``: every crop of every image of the batch, in order of appearance.
+            pixel_values: ``[C, 3, S, S]``: every crop of every image of the batch, in order of appearance
+                (NaViT: the packed rows ``[N, C·T·p²]`` of every image).
+            grid_thw: NaViT only: ``[n, 3]`` (t, h, w in patches) of every image, same order.
             attention_mask: ``[B, L]`` (1 = real token).
             position_ids: Optional ``[B, L]``.
             past_key_values: KV cache for generation.
@@ -186,7 +207,7 @@ class OvisForConditionalGeneration(OvisPreTrainedModel, GenerationMixin):
             if input_ids is None:
                 raise ValueError("input_ids: required when inputs_embeds is not given")
             past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-            inputs_embeds = self.embed_inputs(input_ids, pixel_values, past_length)
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, past_length, grid_thw)
         if labels is not None and self.config.loss_impl != "reference":  # loss without [B, L, V] logits
             from openovis.modeling.fused_loss import forward_with_fused_loss
 

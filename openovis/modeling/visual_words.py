@@ -32,7 +32,9 @@ DEAD_FRACTION = 0.01
 # --------------------------------------------------------------------------- the model's side
 
 
-def visual_word_probabilities(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+def visual_word_probabilities(
+    model: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor | None = None
+) -> torch.Tensor:
     """The visual-word distributions of crops ``[C, 3, S, S]`` -> ``[C, T, K']`` (fp32, no indicator columns).
 
     The model's own distributions (`OvisForConditionalGeneration.visual_probabilities`: the backbone
@@ -44,9 +46,10 @@ def visual_word_probabilities(model: nn.Module, pixel_values: torch.Tensor) -> t
     Args:
         model: An `OvisForConditionalGeneration` whose connector has a visual vocabulary (the VET).
         pixel_values: Crops as the processor makes them.
+        grid_thw: With a NaViT backbone, the images' ``[n, 3]`` grids (then the result is ``[1, N/s², K']``).
     """
     with torch.random.fork_rng(devices=[]):
-        probs = model.visual_probabilities(pixel_values)  # [C, T, K]
+        probs = model.visual_probabilities(pixel_values, grid_thw)  # [C, T, K]
     return probs[..., : model.config.visual_vocab_size - model.config.num_indicators]  # [C, T, K']
 
 

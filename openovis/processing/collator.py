@@ -3,11 +3,13 @@
 Per sample (from :class:`~openovis.processing.processor.OvisProcessor`)::
 
     input_ids [L_i]  attention_mask [L_i]  labels [L_i] (training)  pixel_values [C_i, 3, S, S] | None
+    grid_thw [n_i, 3] (NaViT models only; then pixel_values are packed rows [N_i, C·T·p²])
 
 Batch::
 
     input_ids [B, L]  attention_mask [B, L]  labels [B, L]   L = max L_i (rounded up to pad_to_multiple_of)
     pixel_values [sum C_i, 3, S, S] | None    crops in order of appearance, batch-major
+    grid_thw     [sum n_i, 3], only when the samples have it (NaViT: pixel_values [sum N_i, C·T·p²])
     grids        list of (rows, cols) per image, same order
     num_samples  int, samples given to the collator, skipped ones included
     skipped      {reason phrase: count} of the skipped ones
@@ -37,6 +39,8 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
 def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a batch to pass to the model (``model(**model_inputs(batch))``)."""
     inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    if batch.get("grid_thw") is not None:  # NaViT models (Ovis2.5): the grids of the packed rows
+        inputs["grid_thw"] = batch["grid_thw"]
     if "position_ids" in batch:  # packed rows (processing/packing.py): transformers keeps the samples
         inputs.pop("attention_mask", None)  # apart by their position ids only with no 2-D mask and no cache
         inputs |= {"position_ids": batch["position_ids"], "use_cache": False}
@@ -108,6 +112,9 @@ class OvisCollator:
             batch["labels"] = pad_sequences([s["labels"] for s in kept], IGNORE_INDEX, side, length)
         crops = [s["pixel_values"] for s in kept if s.get("pixel_values") is not None]
         batch["pixel_values"] = torch.cat(crops) if crops else None  # [sum C_i, 3, S, S]
+        grids_thw = [s["grid_thw"] for s in kept if s.get("grid_thw") is not None]
+        if grids_thw:
+            batch["grid_thw"] = torch.cat(grids_thw)  # [sum n_i, 3]
         batch["grids"] = [tuple(g) for s in kept for g in s.get("grids", ())]
         batch["num_samples"] = len(samples)
         batch["skipped"] = dict(skipped)

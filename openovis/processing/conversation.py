@@ -185,17 +185,19 @@ class TemplateRenderer:
 
     Args:
         tokenizer: A transformers tokenizer with a ``chat_template``.
+        template_kwargs: Variables the template reads (e.g. ``enable_thinking`` of Qwen3 templates).
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, **template_kwargs: Any) -> None:
         self.tokenizer = tokenizer
+        self.template_kwargs = template_kwargs
 
     def __call__(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
         if not messages:
             return ""
         chat = [{"role": m.role, "content": m.content} for m in messages]
         return self.tokenizer.apply_chat_template(
-            chat, tokenize=False, add_generation_prompt=add_generation_prompt
+            chat, tokenize=False, add_generation_prompt=add_generation_prompt, **self.template_kwargs
         )
 
 
@@ -300,17 +302,33 @@ class ConversationEncoder:
                 break
         return ids[:end] + [IGNORE_INDEX] * (len(ids) - end)
 
-    def encode_chat(self, messages: Sequence[Message], mode: Mode) -> TokenSequence:
+    def encode_chat(
+        self, messages: Sequence[Message], mode: Mode, thinking: bool | None = None
+    ) -> TokenSequence:
         """Token ids and labels of a conversation (``mode`` ``"train"`` or ``"generate"``).
+
+        ``thinking`` sets the chat template's ``enable_thinking`` (None: the template's default);
+        with Qwen3-style templates it decides whether the generation prompt leaves the model its own
+        ``<think>`` block or closes an empty one.
 
         Raises:
             SkipSample: Bad turn order, a placeholder outside a user turn, or reserved tokens in text.
+            ValueError: ``thinking`` with the ChatML format (it has no thinking switch).
         """
         check_turn_order(messages, mode)
+        render = self.render
+        if thinking is not None:
+            if not isinstance(render, TemplateRenderer):
+                raise ValueError(
+                    "thinking: only a chat template (chat_format='template') can switch thinking"
+                )
+            render = TemplateRenderer(
+                render.tokenizer, **{**render.template_kwargs, "enable_thinking": thinking}
+            )
         generate = mode == "generate"
         ids = list(self.ids.bos_prefix) if self.prepend_bos else []
         labels = [IGNORE_INDEX] * len(ids)
-        for piece in chat_pieces(messages, self.render, add_generation_prompt=generate):
+        for piece in chat_pieces(messages, render, add_generation_prompt=generate):
             piece_ids = self._encode(piece.text)
             if piece.role != "user" and self.ids.placeholder in piece_ids:
                 raise SkipSample(

@@ -81,6 +81,14 @@ class ImageProcessingConfig:
             S x S after resizing the whole image to the grid canvas (transformers-Ovis2 style).
         max_image_pixels: Images with more pixels (width x height) are refused before decoding
             (skip reason ``image too large``); None leaves only Pillow's decompression-bomb limit.
+        native_resolution: Ovis2.5's NaViT preprocessing (`openovis.processing.navit_image`): each
+            image resized to multiples of ``patch_size * hidden_stride`` within [min_pixels,
+            max_pixels] and packed into patch rows; no crops (``image_size``, ``max_partition``,
+            ``covering_threshold``, ``resample`` and ``letterbox`` are then unused).
+        min_pixels: Native resolution: lower bound of the resized area (official: 448²).
+        max_pixels: Native resolution: upper bound of the resized area (official: 1344·1792 in
+            ``preprocess_inputs``, 1792² in ``chat``).
+        temporal_patch_size: Native resolution: frames per temporal patch (1 for images).
     """
 
     image_size: int
@@ -93,6 +101,10 @@ class ImageProcessingConfig:
     resample: Resample = "bicubic"
     letterbox: bool = True
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    native_resolution: bool = False
+    min_pixels: int = 448 * 448
+    max_pixels: int = 1344 * 1792
+    temporal_patch_size: int = 1
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "hidden_stride", "max_partition"):
@@ -112,6 +124,14 @@ class ImageProcessingConfig:
             raise ValueError(f"resample: must be one of {get_args(Resample)}, got {self.resample!r}")
         if not isinstance(self.letterbox, bool):
             raise ValueError(f"letterbox: must be a bool, got {self.letterbox!r}")
+        if not isinstance(self.native_resolution, bool):
+            raise ValueError(f"native_resolution: must be a bool, got {self.native_resolution!r}")
+        for name in ("min_pixels", "max_pixels", "temporal_patch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels: {self.min_pixels} > max_pixels {self.max_pixels}")
         pixels = self.max_image_pixels
         if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1):
             raise ValueError(f"max_image_pixels: must be a positive integer or None, got {pixels!r}")

@@ -7,6 +7,9 @@ The numerics are exactly those of :func:`openovis.processing.image.process_image
     images (N PIL images or paths) -> per image: to_rgb -> grid -> crops  [C_i, 3, S, S]
     pixel_values [sum C_i, 3, S, S] float32 (crops of all images, in order; thumbnail first per image)
     image_grids  [N, 2] long (rows, cols of each image's grid)
+
+With ``native_resolution`` (Ovis2.5): ``pixel_values [sum N_i, C*T*p*p]`` packed patch rows and
+``grid_thw [N, 3]`` (`openovis.processing.navit_image`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from openovis.processing.image import (
     load_image,
     to_rgb,
 )
+from openovis.processing.navit_image import NavitImageConfig
+from openovis.processing.navit_image import process_image as navit_process_image
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ImageProcessingConfig))
 
@@ -66,7 +71,7 @@ class OvisImageProcessor(BaseImageProcessor):
 
     def process(self, image: Image.Image | str | os.PathLike) -> ProcessedImage:
         """One image (PIL or a local path) -> its crops and grid."""
-        rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
+        rgb = _load(image)
         grid = image_grid(rgb, self.image_config)
         return ProcessedImage(pixel_values=image_crops(rgb, grid, self.image_config), grid=grid)
 
@@ -86,12 +91,24 @@ class OvisImageProcessor(BaseImageProcessor):
         flat = list(_flatten(images))
         if not flat:
             raise ValueError("images: no image given")
+        if self.image_config.native_resolution:  # Ovis2.5: packed patch rows
+            nav = NavitImageConfig.from_image_config(self.image_config)
+            packed = [navit_process_image(_load(img), nav) for img in flat]
+            data = {
+                "pixel_values": torch.cat([p.pixel_values for p in packed]),  # [N, C·T·p²]
+                "grid_thw": torch.cat([p.grid_thw for p in packed]),  # [n, 3]
+            }
+            return BatchFeature(data, tensor_type=return_tensors)
         done = [self.process(img) for img in flat]
         data = {
             "pixel_values": torch.cat([d.pixel_values for d in done]),  # [sum C, 3, S, S]
             "image_grids": torch.tensor([d.grid for d in done], dtype=torch.long),  # [N, 2]
         }
         return BatchFeature(data, tensor_type=return_tensors)
+
+
+def _load(image: Image.Image | str | os.PathLike) -> Image.Image:
+    return load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
 
 
 def _flatten(images: Any) -> Any:

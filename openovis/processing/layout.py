@@ -10,6 +10,10 @@ appears when the grid has more than one tile, in which case crop 0 is the global
 Token count: ``(1 + rows*cols) * T + 3 + rows*(cols-1) + (rows-1)`` for a multi-tile grid, ``T + 3``
 for 1 x 1. With the two Ovis 1.0 indicators ``(START, END)``: ``<IMG_START> atoms <IMG_END>``,
 ``T + 2`` tokens, and only a 1 x 1 grid is allowed.
+
+Native resolution (Ovis2.5, four indicators ``(IMG_START, IMG_END, VID_START, VID_END)``): an image
+of ``gh x gw`` patches is one sequence of ``gh*gw/s²`` atoms, ``<IMG_START> atoms <IMG_END>``; the
+"grid" of such an image is ``(gh, gw)``.
 """
 
 from __future__ import annotations
@@ -20,13 +24,19 @@ from openovis.constants import IMAGE_ATOM
 from openovis.processing.image import Grid
 
 
-def check_indicators(indicator_tokens: Sequence[str], max_partition: int = 1) -> None:
+def check_indicators(indicator_tokens: Sequence[str], max_partition: int = 1, native: bool = False) -> None:
     """Validates an indicator set against the grids it must lay out.
 
     Raises:
-        ValueError: Not 2 or 5 distinct tokens, or 2 tokens with ``max_partition > 1``.
+        ValueError: Not 2 or 5 distinct tokens (4 with ``native``), or 2 tokens with ``max_partition > 1``.
     """
     n = len(indicator_tokens)
+    if native:
+        if n != 4 or len(set(indicator_tokens)) != n:
+            raise ValueError(
+                f"indicator_tokens: native resolution (Ovis2.5) needs 4 distinct tokens, got {list(indicator_tokens)!r}"
+            )
+        return
     if n not in (2, 5) or len(set(indicator_tokens)) != n:
         raise ValueError(
             f"indicator_tokens: need 2 (Ovis 1.0) or 5 (Ovis2) distinct tokens, got {list(indicator_tokens)!r}"
@@ -72,6 +82,17 @@ def image_layout_tokens(
                 out.append(row_token)
     out.append(end)
     return out
+
+
+def native_layout_tokens(
+    grid: Grid, hidden_stride: int, indicator_tokens: Sequence[str], atom_token: str = IMAGE_ATOM
+) -> list[str]:
+    """The token strings of one native-resolution image of ``grid = (gh, gw)`` patches:
+    ``[IMG_START] + gh*gw/s² atoms + [IMG_END]`` (the official Ovis2.5 layout)."""
+    check_indicators(indicator_tokens, native=True)
+    gh, gw = grid
+    start, end = indicator_tokens[:2]
+    return [start, *[atom_token] * (gh * gw // hidden_stride**2), end]
 
 
 def count_layout_tokens(grid: Grid, tokens_per_crop: int, num_indicators: int = 5) -> int:

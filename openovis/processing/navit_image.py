@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from openovis.processing.image import to_rgb
+from openovis.processing.image import ImageProcessingConfig, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,19 @@ class NavitImageConfig:
     @property
     def factor(self) -> int:
         return self.patch_size * self.hidden_stride
+
+    @classmethod
+    def from_image_config(cls, cfg: ImageProcessingConfig) -> NavitImageConfig:
+        """The native-resolution fields of a processor's `ImageProcessingConfig`."""
+        return cls(
+            patch_size=cfg.patch_size,
+            hidden_stride=cfg.hidden_stride,
+            temporal_patch_size=cfg.temporal_patch_size,
+            min_pixels=cfg.min_pixels,
+            max_pixels=cfg.max_pixels,
+            image_mean=cfg.image_mean,
+            image_std=cfg.image_std,
+        )
 
 
 @dataclass

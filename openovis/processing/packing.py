@@ -109,6 +109,9 @@ class PackingCollator:
             batch["labels"] = labels  # [R, L]
         crops = [s["pixel_values"] for s in kept if s.get("pixel_values") is not None]
         batch["pixel_values"] = torch.cat(crops) if crops else None  # [sum C_i, 3, S, S]
+        grids_thw = [s["grid_thw"] for s in kept if s.get("grid_thw") is not None]
+        if grids_thw:  # NaViT: packed rows of every image, in the same order
+            batch["grid_thw"] = torch.cat(grids_thw)  # [sum n_i, 3]
         batch["grids"] = [tuple(g) for s in kept for g in s.get("grids", ())]
         batch["sample_lengths"] = [[lengths[i] for i in row] for row in rows]
         batch["num_samples"] = len(samples)

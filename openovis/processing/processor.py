@@ -8,6 +8,13 @@ One sample::
     pixel_values    [C, 3, S, S] float32 | None   crops of all images in order of appearance
     grids           list[(rows, cols)]            one per image kept
 
+With native-resolution preprocessing (Ovis2.5, ``image_config.native_resolution``) each image is
+``<IMG_START> atoms <IMG_END>`` and::
+
+    pixel_values    [N, C*T*p*p] float32 | None   packed patch rows of all images (navit_image)
+    grid_thw        [n, 3] long                   (t, h, w) in patches, one row per image kept
+    grids           list[(h, w)]                  the same h, w
+
 The k-th group of T atoms in ``input_ids`` takes crop k of ``pixel_values``. Text is validated and
 tokenized before any pixel work, so bad samples are rejected cheaply, and crops are only computed
 for images that survive truncation.
@@ -70,7 +77,9 @@ from openovis.processing.image import (
     to_rgb,
 )
 from openovis.processing.image_processor import OvisImageProcessor
-from openovis.processing.layout import check_indicators, image_layout_tokens
+from openovis.processing.layout import check_indicators, image_layout_tokens, native_layout_tokens
+from openovis.processing.navit_image import NavitImageConfig, smart_resize
+from openovis.processing.navit_image import process_image as navit_process_image
 from openovis.skips import SkipReason, SkipSample
 
 ChatFormat = Literal["auto", "chatml", "template"]
@@ -179,7 +188,7 @@ class OvisProcessor(ProcessorMixin):
         if isinstance(image_processor, ImageProcessingConfig):
             image_processor = OvisImageProcessor(image_processor)
         image_config = image_processor.image_config
-        check_indicators(indicator_tokens, image_config.max_partition)
+        check_indicators(indicator_tokens, image_config.max_partition, image_config.native_resolution)
         if chat_format not in get_args(ChatFormat):
             raise ValueError(f"chat_format: must be one of {get_args(ChatFormat)}, got {chat_format!r}")
         if max_length is not None and (
@@ -272,13 +281,33 @@ class OvisProcessor(ProcessorMixin):
     def layout_ids(self, grid: Grid) -> list[int]:
         """Token ids of one image with this grid (cached per grid)."""
         if grid not in self._layouts:
-            tokens = image_layout_tokens(grid, self.tokens_per_crop, self.indicator_tokens, self.atom_token)
+            cfg = self.image_config
+            if cfg.native_resolution:
+                tokens = native_layout_tokens(grid, cfg.hidden_stride, self.indicator_tokens, self.atom_token)
+            else:
+                tokens = image_layout_tokens(
+                    grid, self.tokens_per_crop, self.indicator_tokens, self.atom_token
+                )
             self._layouts[grid] = self.tokenizer.convert_tokens_to_ids(tokens)
         return self._layouts[grid]
 
+    @property
+    def navit_config(self) -> NavitImageConfig:
+        """The native-resolution preprocessing of ``image_config`` (Ovis2.5)."""
+        return NavitImageConfig.from_image_config(self.image_config)
+
+    def image_grid(self, image: Image.Image) -> Grid:
+        """The grid of an RGB image: its tile grid, or with native resolution its (h, w) in patches."""
+        cfg = self.image_config
+        if not cfg.native_resolution:
+            return image_grid(image, cfg)
+        nav = self.navit_config
+        h, w = smart_resize(image.height, image.width, nav.factor, nav.min_pixels, nav.max_pixels)
+        return (h // cfg.patch_size, w // cfg.patch_size)
+
     # ----------------------------------------------------------------------- one sample
 
-    def _encode_text(self, text: TextInput, mode: Mode) -> TokenSequence:
+    def _encode_text(self, text: TextInput, mode: Mode, thinking: bool | None = None) -> TokenSequence:
         if mode == "caption":
             if text is None:
                 return self._encoder.encode_caption("", with_caption=False)
@@ -286,8 +315,8 @@ class OvisProcessor(ProcessorMixin):
         if isinstance(text, str):
             if mode == "train":
                 raise SkipSample(SkipReason.MALFORMED_RECORD, "train mode needs a conversation, not a string")
-            return self._encoder.encode_chat([Message("user", check_text(text, "prompt"))], mode)
-        return self._encoder.encode_chat(normalize_messages(text), mode)
+            return self._encoder.encode_chat([Message("user", check_text(text, "prompt"))], mode, thinking)
+        return self._encoder.encode_chat(normalize_messages(text), mode, thinking)
 
     def _as_rgb(self, image: ImageInput) -> Image.Image:
         max_pixels = self.image_config.max_image_pixels
@@ -334,7 +363,8 @@ class OvisProcessor(ProcessorMixin):
         """
         if limit is None:
             return
-        smallest = n_images * (len(self.layout_ids((1, 1))) - 1)  # the placeholder is replaced
+        one = self.image_config.hidden_stride if self.image_config.native_resolution else 1
+        smallest = n_images * (len(self.layout_ids((one, one))) - 1)  # the placeholder is replaced
         if len(seq.ids) + smallest > limit:
             raise SkipSample(
                 SkipReason.TOO_LONG,
@@ -349,6 +379,7 @@ class OvisProcessor(ProcessorMixin):
         max_length: int | None = None,
         *,
         text: str | Sequence[str] | None = None,
+        thinking: bool | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Processes one sample; with ``text=`` (the transformers form) a batch of rendered prompts.
@@ -364,6 +395,9 @@ class OvisProcessor(ProcessorMixin):
             images: The images for the ``<image>`` placeholders, in order (PIL images or paths).
             mode: ``"train"``, ``"generate"`` or ``"caption"``.
             max_length: Truncation length (default: the processor's).
+            thinking: The chat template's ``enable_thinking`` (None: its default). For Ovis2.5
+                (Qwen3) off closes an empty ``<think>`` block in the generation prompt, on lets the
+                model think first.
 
         Returns:
             ``input_ids``, ``attention_mask``, ``labels`` (not in generation prompts), ``pixel_values``
@@ -387,7 +421,7 @@ class OvisProcessor(ProcessorMixin):
         limit = self.max_length if max_length is None else max_length
         if mode == "generate":
             self.check_prompt_length(conversation_or_text, limit)
-        seq = self._encode_text(conversation_or_text, mode)
+        seq = self._encode_text(conversation_or_text, mode, thinking)
         return self._with_images(seq, images, labelled, max_length, check_prompt=mode == "generate")
 
     def _with_images(
@@ -410,20 +444,27 @@ class OvisProcessor(ProcessorMixin):
         if check_prompt:
             self._check_prompt_tokens(seq, len(images), limit)
         rgb = [self._as_rgb(img) for img in images]
-        grids = [image_grid(img, self.image_config) for img in rgb]
+        grids = [self.image_grid(img) for img in rgb]
         seq = expand_images(seq, self.placeholder_id, [self.layout_ids(g) for g in grids])
         seq = truncate(seq, len(seq.ids) if limit is None else limit, supervised=labelled)
         kept = len(seq.image_spans)
-        crops = [
-            image_crops(img, grid, self.image_config)
-            for img, grid in zip(rgb[:kept], grids[:kept], strict=True)
-        ]
         out: dict[str, Any] = {
             "input_ids": torch.tensor(seq.ids, dtype=torch.long),  # [L]
             "attention_mask": torch.ones(len(seq.ids), dtype=torch.long),  # [L]
-            "pixel_values": torch.cat(crops) if crops else None,  # [C, 3, S, S]
             "grids": grids[:kept],
         }
+        if self.image_config.native_resolution:
+            packed = [navit_process_image(img, self.navit_config) for img in rgb[:kept]]
+            out["pixel_values"] = (
+                torch.cat([p.pixel_values for p in packed]) if packed else None
+            )  # [N, C·T·p²]
+            out["grid_thw"] = torch.cat([p.grid_thw for p in packed]) if packed else None  # [n, 3]
+        else:
+            crops = [
+                image_crops(img, grid, self.image_config)
+                for img, grid in zip(rgb[:kept], grids[:kept], strict=True)
+            ]
+            out["pixel_values"] = torch.cat(crops) if crops else None  # [C, 3, S, S]
         if labelled:
             out["labels"] = torch.tensor(seq.labels, dtype=torch.long)  # [L]
         return out
@@ -533,6 +574,7 @@ class OvisProcessor(ProcessorMixin):
         mode: Mode = "generate",
         padding_side: PaddingSide | None = None,
         max_length: int | None = None,
+        thinking: bool | None = None,
     ) -> dict[str, Any]:
         """Processes and pads several samples; errors raise (no skipping at inference).
 
@@ -542,6 +584,7 @@ class OvisProcessor(ProcessorMixin):
             mode: As in :meth:`__call__`.
             padding_side: Default left for ``"generate"`` (prompts end together), right otherwise.
             max_length: Truncation length (default: the processor's).
+            thinking: The chat template's ``enable_thinking`` (see :meth:`__call__`).
 
         Returns:
             ``input_ids [B, L]``, ``attention_mask [B, L]``, ``labels [B, L]`` (when labelled) and
@@ -550,7 +593,10 @@ class OvisProcessor(ProcessorMixin):
         per_sample = images if images is not None else [None] * len(texts)
         if len(per_sample) != len(texts):
             raise ValueError(f"images: {len(per_sample)} image lists for {len(texts)} texts")
-        samples = [self(t, imgs, mode, max_length) for t, imgs in zip(texts, per_sample, strict=True)]
+        samples = [
+            self(t, imgs, mode, max_length, thinking=thinking)
+            for t, imgs in zip(texts, per_sample, strict=True)
+        ]
         side = padding_side or ("left" if mode == "generate" else "right")
         return model_inputs(OvisCollator(self.pad_token_id, side)(samples))
 
@@ -655,6 +701,9 @@ class OvisProcessor(ProcessorMixin):
         }
         if len(indicators) == 2:
             image_kwargs["max_partition"] = 1
+        if _get(config, "native_resolution", False):
+            image_kwargs["native_resolution"] = True
+            image_kwargs["temporal_patch_size"] = int(_get(vision, "temporal_patch_size", 1))
         image_over, proc_over = _split_overrides(overrides)
         proc_kwargs = {
             "atom_token": _get(config, "image_atom_token", IMAGE_ATOM),

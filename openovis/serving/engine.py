@@ -87,6 +87,7 @@ class Prepared:
     stops: list[str]
     stream: bool
     include_usage: bool
+    grid_thw: torch.Tensor | None = None  # [n, 3], NaViT models only
 
     @property
     def prompt_tokens(self) -> int:
@@ -226,7 +227,13 @@ class Engine:
         if request.stream_options is not None and not request.stream:
             raise RequestError("stream_options: only allowed with stream: true", param="stream_options")
         return Prepared(
-            sample["input_ids"], sample["pixel_values"], params, stops, request.stream, include_usage
+            sample["input_ids"],
+            sample["pixel_values"],
+            params,
+            stops,
+            request.stream,
+            include_usage,
+            sample.get("grid_thw"),
         )
 
     def _max_tokens(self, request: ChatCompletionRequest) -> int:
@@ -331,7 +338,7 @@ class Engine:
         by_string = False
         count = 0
         start = time.perf_counter()
-        stream = self.streamer.stream(p.input_ids, p.pixel_values, p.params)
+        stream = self.streamer.stream(p.input_ids, p.pixel_values, p.params, p.grid_thw)
         try:
             for token in stream:
                 count += 1

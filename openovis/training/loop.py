@@ -136,7 +136,10 @@ MONITOR_CROPS = 8
 
 @torch.no_grad()
 def monitor_statistics(
-    model: torch.nn.Module, pixel_values: torch.Tensor | None, max_crops: int = MONITOR_CROPS
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor | None,
+    max_crops: int = MONITOR_CROPS,
+    grid_thw: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Cheap health statistics of the visual vocabulary, logged with the loss.
 
@@ -154,7 +157,8 @@ def monitor_statistics(
     Args:
         model: The unwrapped `OvisForConditionalGeneration`.
         pixel_values: ``[C, 3, S, S]`` crops of the batch, or None.
-        max_crops: Most crops to recompute.
+        max_crops: Most crops to recompute (NaViT, with ``grid_thw``: most images).
+        grid_thw: NaViT backbones: ``[n, 3]`` grids of the packed rows ``pixel_values``.
     """
     stats = {"text_embed_rms": rms_row_norm(model.get_input_embeddings().weight)}
     table = visual_table(model)
@@ -166,8 +170,13 @@ def monitor_statistics(
     modes = {module: module.training for module in model.modules()}
     model.eval()  # dropout off: nothing is drawn from the random generators
     try:
-        pixels = pixel_values[:max_crops].to(model.dtype)
-        probs = visual_word_probabilities(model, pixels).flatten(0, 1)  # [N, K']
+        if grid_thw is not None:  # packed rows: the first max_crops images
+            grid_thw = grid_thw[:max_crops]
+            pixel_values = pixel_values[: int(grid_thw.prod(-1).sum())]
+        else:
+            pixel_values = pixel_values[:max_crops]
+        pixels = pixel_values.to(model.dtype)
+        probs = visual_word_probabilities(model, pixels, grid_thw).flatten(0, 1)  # [N, K']
     finally:
         for module, training in modes.items():  # exactly the modes it had
             module.training = training
@@ -272,7 +281,8 @@ def train_stage(
             logged = {"loss": step_loss, "lr": lr, "tokens_per_s": rate}
             if monitor:  # of this (main) process's last micro-batch
                 with accelerator.autocast():
-                    logged |= monitor_statistics(model, _last_pixels(micro, accelerator.device))
+                    pixels, grid_thw = _last_pixels(micro, accelerator.device)
+                    logged |= monitor_statistics(model, pixels, grid_thw=grid_thw)
             accelerator.log({f"{stage.name}/{k}": v for k, v in logged.items()}, step=state.step)
         if stage.save_every and state.step % stage.save_every == 0 and state.step < stage.max_steps:
             state.skips = skips.counts
@@ -322,13 +332,18 @@ def rng_state_problem(ckpt: Path, process_index: int) -> str | None:
     return f"{path.name} lacks {', '.join(missing)}" if missing else None
 
 
-def _last_pixels(micro: list[dict[str, Any]], device: torch.device) -> torch.Tensor | None:
-    """The crops of the last micro-batch that has any (None in a text-only stage)."""
+def _last_pixels(
+    micro: list[dict[str, Any]], device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The crops (and NaViT grids) of the last micro-batch that has any (None in a text-only stage)."""
     for b in reversed(micro):
         pixels = b.get("pixel_values")
         if pixels is not None and pixels.shape[0] > 0:
-            return pixels[:MONITOR_CROPS].to(device)
-    return None
+            grid_thw = b.get("grid_thw")
+            if grid_thw is None:
+                return pixels[:MONITOR_CROPS].to(device), None
+            return pixels.to(device), grid_thw
+    return None, None
 
 
 class _SkipTally:

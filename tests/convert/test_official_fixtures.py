@@ -168,7 +168,6 @@ def test_hf_ovis2_export_needs_consent(tmp_path) -> None:
 
 def test_refusals_name_what(tmp_path) -> None:
     assert "vision_config" in _refused(FIXTURES / "ovis16" / "model", tmp_path / "a", "--to", "hf-ovis2")
-    assert "Ovis2.5" in _refused(FIXTURES / "ovis25" / "model", tmp_path / "b")
 
 
 def test_deprecated_direction_still_works(tmp_path) -> None:

@@ -126,7 +126,7 @@ def test_bad_inputs_are_refused():
 
 @torch.no_grad()
 def test_ovis25_logits_from_the_encoder_head_vet_and_llm_composed_by_hand():
-    """The executable spec of the Ovis2.5 wiring that remains (docs/conversion.md, "Ovis2.5"):
+    """The Ovis2.5 wiring composed by hand (the converted model does the same, tests/convert/test_official25.py):
     NaViT -> merge units -> head (K-4 columns) -> softmax -> 4 zero columns -> VET; one atom per
     visual token; indicators -301..-304 are VET rows K-4..K-1; Qwen3 on the spliced embeddings."""
     from transformers import AutoModelForCausalLM

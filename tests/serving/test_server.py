@@ -213,9 +213,9 @@ def test_visual_embeddings_are_computed_once_per_request(server, monkeypatch) ->
     calls = []
     original = model.visual_embeddings
 
-    def counted(pixel_values):
+    def counted(pixel_values, grid_thw=None):
         calls.append(pixel_values.shape[0])
-        return original(pixel_values)
+        return original(pixel_values, grid_thw)
 
     monkeypatch.setattr(model, "visual_embeddings", counted)
     two_images = [

@@ -79,3 +79,25 @@ class ColourImages(Dataset):
 
 def collator() -> OvisCollator:
     return OvisCollator(pad_token_id=0, padding_side="right")
+
+
+class NativeColourImages(ColourImages):
+    """`ColourImages` for a NaViT (Ovis2.5) model: one 2x4-patch image of packed rows per sample."""
+
+    def __getitem__(self, i: int) -> dict:
+        cfg = self.config
+        token, rgb = self.colours[i % 2]
+        vc, s = cfg.vision_config, cfg.hidden_stride
+        grid = torch.tensor([[1, 2 * s, 2 * s]])  # 4 visual tokens
+        start, end = cfg.indicator_token_ids[:2]
+        ids = torch.tensor([start, *[cfg.image_atom_id] * 4, end, 8, token, 1])
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        labels[-2:] = ids[-2:]
+        row = rgb.repeat_interleave(vc.temporal_patch_size * vc.patch_size**2)  # channel-major rows
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": labels,
+            "pixel_values": row.expand(int(grid.prod()), -1).clone(),  # [16, C·T·p²]
+            "grid_thw": grid,
+        }

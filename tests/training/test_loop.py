@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from accelerate import Accelerator
-from helpers import ColourImages, collator
+from helpers import ColourImages, NativeColourImages, collator
 
 from openovis import build_model
 from openovis.training.checkpoint import latest_checkpoint
@@ -74,6 +74,35 @@ def test_module_rates_reach_the_optimizer_and_frozen_parts_stay_put(tmp_path):
         assert captured.get(name, 0.0) == pytest.approx(expected), name
         changed = not torch.equal(before[name], p.detach())
         assert changed == (expected > 0), name
+
+
+def test_a_native_resolution_model_trains_through_the_loop(tmp_path):
+    """Ovis2.5 shapes (NaViT + Qwen3, scaled down): packed rows and grid_thw through collator and loop."""
+    model = build_model("ovis2.5-2b", scale_down=True, vet_impl="reference")
+    rates = {
+        "visual_tokenizer.head": 1e-2,
+        "vte": 1e-2,
+        "visual_tokenizer.backbone.last_block": 1e-3,
+        "llm": 0.0,
+    }
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stage = _stage(module_lr=rates, max_steps=2, log_every=1)
+    result = train_stage(
+        Accelerator(cpu=True),
+        model,
+        stage,
+        tmp_path,
+        NativeColourImages(model.config),
+        collator(),
+        seed=0,
+        progress=False,
+    )
+    assert len(result.losses) == 2 and all(math.isfinite(x) for x in result.losses)
+    last = last_block_prefix(model)
+    assert last.startswith("visual_tokenizer.backbone.vision_model.encoder.layers.")
+    for name, p in model.named_parameters():
+        trained = name.startswith(("connector.", last + "."))
+        assert (not torch.equal(before[name], p.detach())) == trained, name
 
 
 def test_longest_prefix_wins_and_all_covers_the_rest():
