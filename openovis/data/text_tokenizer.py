@@ -139,7 +139,8 @@ def train_text_tokenizer(
 def _with_roles(texts: Iterable[str]) -> Iterable[str]:
     """``texts``, then each of ``CHAT_ROLES`` as many times as there were texts."""
     count = 0
-    for count, text in enumerate(texts, 1):
+    for text in texts:
+        count += 1
         yield text
     for role in CHAT_ROLES:
         yield from [role] * count

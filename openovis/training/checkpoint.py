@@ -23,6 +23,17 @@ from openovis.integrity import CheckpointError, verify_folder, write_manifest
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drops accelerate's "Removed shared tensor" notice: tied embeddings are saved once by design and
+    re-tied on load, so the notice (printed at every checkpoint) says nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
 DONE_FILE = "stage_done.json"
 
 
