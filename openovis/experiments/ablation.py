@@ -31,7 +31,7 @@ from openovis.experiments.grid import (
     with_vocab,
 )
 from openovis.experiments.shapes import SPLITS
-from openovis.experiments.tables import markdown_tables, plot_grouped_accuracy, plot_vocab
+from openovis.experiments.tables import markdown_tables, plot_grouped_accuracy, plot_vocab, seed_spread_lines
 from openovis.options import Device, check_device
 
 Experiment = Literal["connector", "vocab", "stages"]
@@ -178,6 +178,8 @@ over each type's answers; the best constant answer always gives the type's most 
 that split (what a model that ignores the image can reach).
 
 {markdown_tables(results)}
+
+{chr(10).join("- " + line for line in seed_spread_lines(results))}
 
 ![{results["experiment"]}]({plot})
 

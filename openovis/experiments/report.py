@@ -10,7 +10,7 @@ import numpy as np
 
 from openovis.experiments.analysis.figures import plot_visual_words
 from openovis.experiments.shapes import in_distribution_images
-from openovis.experiments.tables import format_cell, plot_grouped_accuracy
+from openovis.experiments.tables import format_cell, plot_grouped_accuracy, seed_spread_lines
 from openovis.options import Device, torch_device
 from openovis.plots import pyplot, smooth
 
@@ -111,7 +111,7 @@ def reading(results: dict[str, Any]) -> list[str]:
         best = min(means, key=means.get)
         others = ", ".join(f"{c.upper()} {v:.3f}" for c, v in means.items())
         lines.append(f"{stage['stage']}: final loss {others} (lower: {best.upper()}).")
-    return lines
+    return lines + seed_spread_lines(results)
 
 
 def image_check_table(results: dict[str, Any]) -> str:

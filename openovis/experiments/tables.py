@@ -73,6 +73,44 @@ def markdown_tables(results: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def spread_verdict(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """Whether two seed means differ by more than their two standard deviations together."""
+    outside = abs(a[0] - b[0]) > a[1] + b[1]
+    return "outside the seed spread" if outside else "within the seed spread"
+
+
+def seed_spread_lines(results: dict[str, Any], split: str = "in-distribution") -> list[str]:
+    """Each grid point against the first, in words: the overall accuracy and the image gap, and whether
+    each difference is outside the seed spread (|difference of means| > the sum of the two stds)."""
+    table = results["table"]
+    seeds = results.get("seeds", results.get("config", {}).get("seeds", 1))
+    labels = [label for label in table if split in table[label]]
+    if len(labels) < 2:
+        return []
+    if seeds < 2:
+        return [f"One seed: differences between {', '.join(labels)} cannot be told from seed noise."]
+    runs = {
+        label: [r for r in results["runs"] if r.get("label", r.get("connector")) == label] for label in labels
+    }
+    gaps = {
+        label: mean_std([r["image_check"]["gap"] for r in mine])
+        for label, mine in runs.items()
+        if mine and all("image_check" in r for r in mine)
+    }
+    ref, lines = labels[0], []
+    for label in labels[1:]:
+        a, b = table[label][split]["overall"], table[ref][split]["overall"]
+        line = (
+            f"{label} vs {ref} ({split}, {seeds} seeds): overall {a[0] - b[0]:+.3f} "
+            f"({a[0]:.3f} ± {a[1]:.3f} vs {b[0]:.3f} ± {b[1]:.3f}), {spread_verdict(a, b)}"
+        )
+        if label in gaps and ref in gaps:
+            ga, gb = gaps[label], gaps[ref]
+            line += f"; image gap {ga[0] - gb[0]:+.3f} nats, {spread_verdict(ga, gb)}"
+        lines.append(line + ".")
+    return lines
+
+
 def run_extras(results: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Per label: final loss, parameters, and for VET runs the vocabulary actually used."""
     out: dict[str, dict[str, str]] = {}

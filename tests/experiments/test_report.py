@@ -55,3 +55,33 @@ def test_accuracy_table_shows_both_baselines():
     table = accuracy_table(_results(0.9, 0.4))
     assert "| type | chance | constant | VET in-distribution | MLP in-distribution |" in table
     assert "| color | 0.200 | 0.300 | 0.900 | 0.400 |" in table
+
+
+def _seeded(vet: list[float], mlp: list[float], vet_gap: list[float], mlp_gap: list[float]) -> dict:
+    from openovis.experiments.tables import mean_std
+
+    runs = [
+        {"label": label, "image_check": {"gap": g}}
+        for label, gaps in (("vet", vet_gap), ("mlp", mlp_gap))
+        for g in gaps
+    ]
+    table = {
+        label: {"in-distribution": {"overall": mean_std(v)}} for label, v in (("vet", vet), ("mlp", mlp))
+    }
+    return {"table": table, "runs": runs, "seeds": len(vet)}
+
+
+def test_seed_spread_lines_say_whether_a_difference_is_outside_the_spread():
+    from openovis.experiments.tables import seed_spread_lines
+
+    apart = seed_spread_lines(
+        _seeded([0.40, 0.41, 0.42], [0.60, 0.61, 0.62], [0.1, 0.1, 0.1], [0.1, 0.2, 0.3])
+    )
+    assert apart == [
+        "mlp vs vet (in-distribution, 3 seeds): overall +0.200 (0.610 ± 0.010 vs 0.410 ± 0.010), outside the "
+        "seed spread; image gap +0.100 nats, within the seed spread."
+    ]
+    close = seed_spread_lines(_seeded([0.40, 0.50, 0.60], [0.45, 0.55, 0.65], [0.1] * 3, [0.1] * 3))
+    assert "overall +0.050" in close[0] and "within the seed spread" in close[0]
+    one = seed_spread_lines(_seeded([0.4], [0.6], [0.1], [0.1]))
+    assert one == ["One seed: differences between vet, mlp cannot be told from seed noise."]
