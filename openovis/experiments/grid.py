@@ -6,6 +6,7 @@ where it stopped, and experiments that share a point share its run. Layout of a 
 
     <out>/data[-quick]/, <out>/tokenizer[-quick]/   Shapes World and its tokenizer, made once
     <out>/runs/<label>-seed<s>-<hash>/              one training run + its result.json
+    <out>/stage-cache/<stage>-<key>/                a text-only LLM stage, trained once for all runs
 """
 
 from __future__ import annotations
@@ -202,6 +203,11 @@ class Workspace:
         return self.out / ("data-quick" if self.quick else "data")
 
     @property
+    def stage_cache(self) -> Path:
+        """Text-only LLM stages shared by every run and seed here (`openovis.training.stage_cache`)."""
+        return self.out / "stage-cache"
+
+    @property
     def tokenizer(self) -> Path:
         return self.out / ("tokenizer-quick" if self.quick else "tokenizer")
 
@@ -295,7 +301,12 @@ def run(point: Run, ws: Workspace) -> dict[str, Any]:
     done = folder / "result.json"
     if done.exists():
         return {**json.loads(done.read_text()), "label": point.label, "cached": True}
-    data = {**copy.deepcopy(point.recipe), "output_dir": str(folder), "data_root": str(ws.data)}
+    data = {
+        **copy.deepcopy(point.recipe),
+        "output_dir": str(folder),
+        "data_root": str(ws.data),
+        "stage_cache": str(ws.stage_cache),
+    }
     recipe = parse(Recipe, {**data, "seed": point.seed}, "")
     t0 = time.perf_counter()
     summary = train(recipe, resume="auto", progress=ws.progress)

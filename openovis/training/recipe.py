@@ -198,6 +198,10 @@ class Recipe:
     """A dataset to generate into ``data_root`` first (when missing or made with another config)."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Loggers: tensorboard, wandb (each used when installed)."""
+    stage_cache: str | None = None
+    """Folder shared by runs for text-only LLM stages at the start of a recipe (e.g. a from-scratch
+    stage 0): trained once per data, LLM config, tokenizer and stage spec, then loaded by every run
+    that would train it the same way (`openovis.training.stage_cache`). None: always train."""
     processing: dict[str, Any] = field(default_factory=dict)
     """Processor settings saved with the model, e.g. ``{max_image_pixels: 40000000, max_length: 4096}``
     (ImageProcessingConfig fields or OvisProcessor arguments)."""

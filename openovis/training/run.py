@@ -12,6 +12,7 @@ Run folder layout::
     <output_dir>/<stage>/loss.png, losses.json, stage_done.json
     <output_dir>/logs/                      (TensorBoard)
     <output_dir>/summary.json
+    <stage_cache>/<stage>-<key>/            (text-only LLM stages shared between runs: `stage_cache`)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from openovis.inference import load_model
 from openovis.integrity import write_manifest
+from openovis.training import stage_cache
 from openovis.training.checkpoint import mark_stage_done, stage_done
 from openovis.training.distributed import (
     check_stage_supported,
@@ -189,6 +191,15 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
             model = load_model(stage_dir / "final", config_overrides=forced)
             summary["stages"].append(json.loads((stage_dir / "stage_done.json").read_text()))
             continue
+        cached = None
+        if recipe.stage_cache and stage_cache.cacheable(recipe.stages, i):
+            key = stage_cache.stage_key(model, processor.tokenizer, stage, data_root, i)
+            cached = stage_cache.entry(Path(recipe.stage_cache), stage, key)
+            hit = stage_cache.load(model, cached)
+            if hit is not None:
+                accelerator.print(f"{stage.name}: reused from the stage cache ({cached})")
+                summary["stages"].append(hit)
+                continue
         set_seed(recipe.seed + i)
         if stage.reinit_last_block and not (resume and (stage_dir / "checkpoints").exists()):
             reinit_last_block(model)
@@ -219,6 +230,10 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
         result.prepared = None  # the wrapper is not needed past here; let it be freed
         model = _unwrap(accelerator, model, lora)
         summary["stages"].append(_finish_stage(accelerator, model, processor, stage, stage_dir, result))
+        if cached is not None:
+            if accelerator.is_main_process:
+                stage_cache.store(model, cached, summary["stages"][-1])
+            accelerator.wait_for_everyone()
     summary["seconds"] = time.perf_counter() - t0
     summary["final_model"] = str(out / recipe.stages[-1].name / "final")
     if accelerator.is_main_process:
