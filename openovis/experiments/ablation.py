@@ -46,6 +46,14 @@ DEFAULT_VALUES: dict[str, dict[bool, list[str]]] = {
 }
 """Grid points per experiment, full (False) and quick (True)."""
 
+DEFAULT_RECIPES: dict[str, str] = {
+    "connector": "tiny-shapes-curriculum",
+    "vocab": "tiny-shapes-curriculum",
+    "stages": "tiny-shapes",
+}
+"""Base recipe per experiment: the demo's (its models read their images) where the paper's stage
+structure is not what is varied; the paper's stages where it is."""
+
 
 def grid_point(experiment: str, value: str, base: dict[str, Any]) -> dict[str, Any]:
     """The recipe of one grid point: ``base`` changed as ``experiment`` says for ``value``."""
@@ -78,8 +86,10 @@ class AblationConfig:
     """Training seeds per grid point (tables give mean ± std)."""
     quick: bool = False
     """Smaller data, 1/10 of the steps and a smaller grid: a smoke run, not a measurement."""
-    recipe: str = "tiny-shapes"
-    """Base recipe (a shipped name or a path); a Shapes World recipe, since evaluation uses its test splits."""
+    recipe: str | None = None
+    """Base recipe (a shipped name or a path; a Shapes World recipe, since evaluation uses its test
+    splits). Default: the demo's `tiny-shapes-curriculum` for connector and vocab, `tiny-shapes`
+    (the paper's stages 1-3 after a text-only stage 0) for stages."""
     values: list[str] = field(default_factory=list)
     """Grid points instead of the default (K values for vocab, variants like ``1+3`` for stages)."""
     steps: float | None = None
@@ -102,6 +112,11 @@ class AblationConfig:
         check_device(self.device)
 
     @property
+    def base_recipe(self) -> str:
+        """The recipe the grid changes (`recipe`, or the experiment's default)."""
+        return self.recipe or DEFAULT_RECIPES[self.experiment]
+
+    @property
     def grid(self) -> list[str]:
         return list(self.values) or DEFAULT_VALUES[self.experiment][self.quick]
 
@@ -114,7 +129,7 @@ class AblationConfig:
 
 def grid_runs(cfg: AblationConfig, ws: Workspace) -> list[Run]:
     """The runs of an experiment: every grid point at every seed (seeds outermost)."""
-    base = ws.base(cfg.recipe)
+    base = ws.base(cfg.base_recipe)
     points = {value: grid_point(cfg.experiment, value, base) for value in cfg.grid}
     return [Run(value, seed, points[value]) for seed in range(cfg.seeds) for value in cfg.grid]
 
@@ -125,7 +140,7 @@ def run_ablation(cfg: AblationConfig) -> dict[str, Any]:
     runs = grid_runs(cfg, ws)  # validates the grid before any data is made
     results = {
         "experiment": cfg.experiment,
-        "recipe": cfg.recipe,
+        "recipe": cfg.base_recipe,
         "quick": cfg.quick,
         "seeds": cfg.seeds,
         "grid": cfg.grid,

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openovis.experiments.ablation import AblationConfig, grid_runs
+from openovis.experiments.ablation import DEFAULT_RECIPES, AblationConfig, grid_runs
 from openovis.experiments.grid import run_grid
 from openovis.options import Device, check_device
 
-DEFAULT_RECIPE = "tiny-shapes-curriculum"
+DEFAULT_RECIPE = DEFAULT_RECIPES["connector"]
 """The demo's recipe: colour/shape/count single-turn QA first, then the full question mixture."""
 DEFAULT_STEPS = 1.0
 """The default demo trains the recipe's steps: both models, evaluation and report in 4.7 minutes on 2 quiet

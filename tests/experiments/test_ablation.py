@@ -113,8 +113,11 @@ def test_experiments_share_a_run_when_the_point_is_the_same(tmp_path):
     ws = Workspace(tmp_path)
     vet = grid_runs(AblationConfig("connector", tmp_path), ws)[0]
     k512 = grid_runs(AblationConfig("vocab", tmp_path, values=["512"]), ws)[0]
-    all_stages = grid_runs(AblationConfig("stages", tmp_path, values=["1+2+3"]), ws)[0]
+    stages = AblationConfig("stages", tmp_path, values=["1+2"], recipe="tiny-shapes-curriculum")
+    all_stages = grid_runs(stages, ws)[0]  # the curriculum's two QA stages, both kept
     assert vet.key() == k512.key() == all_stages.key()
+    paper = grid_runs(AblationConfig("stages", tmp_path, values=["1+2+3"]), ws)[0]
+    assert paper.key() != vet.key()  # by default, stages varies the paper's recipe
     folder = vet.folder(tmp_path)
     assert folder.name == f"vet-seed0-{vet.key()}"
     folder.mkdir(parents=True)
