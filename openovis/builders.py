@@ -158,6 +158,34 @@ def tiny_shapes_config() -> OvisConfig:
     return _ovis(vision, text, visual_vocab_size=512, hidden_stride=2, mlp_hidden_size=512)
 
 
+def small_shapes_config() -> OvisConfig:
+    """The GPU-sized Shapes World model: SigLIP-style ViT 8×384 + Qwen2-style LM 8×512, K = 8192.
+
+    128-px crops of 8-px patches, s = 2: 64 visual tokens per crop (the Ovis2 crop grid adds crops for
+    larger images). Trained from scratch like `tiny-shapes`; the text vocabulary is sized by the
+    tokenizer the recipe trains.
+    """
+    vision = SiglipVisionConfig(
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=6,
+        image_size=128,
+        patch_size=8,
+    )
+    text = Qwen2Config(
+        vocab_size=1024,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    return _ovis(vision, text, visual_vocab_size=8192, hidden_stride=2, mlp_hidden_size=8192)
+
+
 def paper_ovis_8b_config() -> OvisConfig:
     """Ovis 1.0 of the paper: CLIP ViT-L/14-336 + Llama3-8B, K = 131072, s = 1, start/end indicators."""
     vision = CLIPVisionConfig(
@@ -314,6 +342,14 @@ register(
         "the demo model: ViT 3x128 + LM 3x128, K=512, trained from scratch",
         tiny_shapes_config,
         max_partition=1,
+    )
+)
+register(
+    Preset(
+        "small-shapes",
+        "the GPU-sized Shapes World model: ViT 8x384 + LM 8x512, K=8192, 128-px crops, from scratch",
+        small_shapes_config,
+        max_partition=4,
     )
 )
 register(

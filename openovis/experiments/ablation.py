@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 from openovis.experiments.grid import (
     Run,
     Workspace,
+    recipe_data,
     run_grid,
     with_mlp_connector,
     with_stages,
@@ -121,9 +122,16 @@ class AblationConfig:
         return list(self.values) or DEFAULT_VALUES[self.experiment][self.quick]
 
     def workspace(self) -> Workspace:
-        """The workspace this ablation runs in."""
+        """The workspace this ablation runs in (with the base recipe's own Shapes World settings)."""
+        generate = recipe_data(self.base_recipe).get("generate") or {}
+        own = {k: v for k, v in (generate.get("config") or {}).items() if k != "seed"}
         return Workspace(
-            self.out, quick=self.quick, progress=self.progress, steps=self.steps, device=self.device
+            self.out,
+            quick=self.quick,
+            progress=self.progress,
+            steps=self.steps,
+            device=self.device,
+            shapes_config=tuple(sorted(own.items())),
         )
 
 

@@ -190,17 +190,26 @@ class Workspace:
     """Multiplier of every stage's steps (default: 1, or 1/10 when quick)."""
     device: Device = "auto"
     """Where trained models are evaluated."""
+    shapes_config: tuple[tuple[str, Any], ...] = ()
+    """`ShapesConfig` fields the base recipe sets (e.g. ``image_size``), beside the seed and quick size."""
 
     def __post_init__(self) -> None:
         check_device(self.device)
 
     @property
     def shapes(self) -> dict[str, Any]:
-        return shapes_settings(self.quick, self.shapes_seed)
+        return {**dict(self.shapes_config), **shapes_settings(self.quick, self.shapes_seed)}
+
+    @property
+    def _suffix(self) -> str:
+        """``-quick`` and, for a recipe's own Shapes World settings, a hash of them (data of its own)."""
+        own = dict(self.shapes_config)
+        digest = hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:8] if own else ""
+        return ("-quick" if self.quick else "") + (f"-{digest}" if digest else "")
 
     @property
     def data(self) -> Path:
-        return self.out / ("data-quick" if self.quick else "data")
+        return self.out / f"data{self._suffix}"
 
     @property
     def stage_cache(self) -> Path:
@@ -209,7 +218,7 @@ class Workspace:
 
     @property
     def tokenizer(self) -> Path:
-        return self.out / ("tokenizer-quick" if self.quick else "tokenizer")
+        return self.out / f"tokenizer{self._suffix}"
 
     @property
     def step_scale(self) -> float:
