@@ -8,14 +8,12 @@ is bit-identical.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from ovis25_fixture import FIXTURES, IMAGE_SIZES, META, make_image, sha
 from safetensors.torch import load_file
 from torch.testing import assert_close
 from typer.testing import CliRunner
@@ -27,23 +25,7 @@ from openovis.inference import OvisPipeline
 from openovis.modeling.ovis import OvisForConditionalGeneration
 from openovis.processing.processor import OvisProcessor
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "ovis25"
-META = json.loads((FIXTURES / "meta.json").read_text())
 OUT = load_file(str(FIXTURES / "outputs.safetensors"))
-IMAGE_SIZES = [(1, 1), (3, 50), (37, 100), (100, 37), (640, 480), (448, 1344)]  # seed = index
-
-
-def make_image(h: int, w: int, seed: int) -> Image.Image:
-    """The fixture script's deterministic test image (tests/fixtures/official/make_fixtures.py)."""
-    rng = np.random.RandomState(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    img = np.stack([255 * yy, 255 * xx, 255 * (0.5 + 0.5 * np.sin(7 * xx + 5 * yy))], axis=-1)
-    img = img + rng.randint(-20, 21, size=img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-
-
-def sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(np.ascontiguousarray(t.numpy().astype("<f4")).tobytes()).hexdigest()
 
 
 def _convert(*args: object) -> str:

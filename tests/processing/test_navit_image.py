@@ -1,12 +1,8 @@
 """Ovis2.5 preprocessing against the official code's output (tests/fixtures/official/ovis25)."""
 
-import hashlib
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
+from ovis25_fixture import FIXTURES, IMAGE_SIZES, META, make_image, sha
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -17,24 +13,6 @@ from openovis.processing.navit_image import (
     process_video,
     smart_resize,
 )
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "ovis25"
-META = json.loads((FIXTURES / "meta.json").read_text())
-IMAGE_SIZES = [(1, 1), (3, 50), (37, 100), (100, 37), (640, 480), (448, 1344)]
-
-
-def make_image(h, w, seed):
-    """The fixture script's deterministic test image (tests/fixtures/official/make_fixtures.py)."""
-    rng = np.random.RandomState(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    img = np.stack([255 * yy, 255 * xx, 255 * (0.5 + 0.5 * np.sin(7 * xx + 5 * yy))], axis=-1)
-    img = img + rng.randint(-20, 21, size=img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-
-
-def sha(t):
-    return hashlib.sha256(np.ascontiguousarray(t.numpy().astype("<f4")).tobytes()).hexdigest()
-
 
 CASES = [(i, h, w, tag) for i, (h, w) in enumerate(IMAGE_SIZES) for tag in ("small", "default", "chat")]
 

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
-import torch
-from PIL import Image
+from ovis25_fixture import FIXTURES, META, make_image, sha
 from transformers import AutoTokenizer
 
 from openovis.configuration import NavitConfig, OvisConfig
 from openovis.constants import INDICATOR_TOKENS_OVIS25
 from openovis.processing.image_processor import OvisImageProcessor
 from openovis.processing.processor import OvisProcessor, add_ovis_tokens
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "ovis25"
-META = json.loads((FIXTURES / "meta.json").read_text())
-
-
-def make_image(h: int, w: int, seed: int) -> Image.Image:
-    """The fixture script's deterministic test image (tests/fixtures/official/make_fixtures.py)."""
-    rng = np.random.RandomState(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    img = np.stack([255 * yy, 255 * xx, 255 * (0.5 + 0.5 * np.sin(7 * xx + 5 * yy))], axis=-1)
-    img = img + rng.randint(-20, 21, size=img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-
-
-def sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(np.ascontiguousarray(t.numpy().astype("<f4")).tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
