@@ -1,6 +1,6 @@
 """`openovis demo`: the paper's central claim measured end to end on a laptop CPU.
 
-Generates Shapes World, trains the `tiny-shapes` recipe (Ovis: head + VET) and its MLP-projector
+Generates Shapes World, trains the `tiny-shapes-curriculum` recipe (Ovis: head + VET) and its MLP-projector
 twin (same data, steps, rates, and parameter count within ~1%), evaluates both on the
 in-distribution and held-out-composition test splits, and writes a report folder::
 
@@ -24,10 +24,11 @@ from openovis.experiments.grid import run_grid
 from openovis.options import Device, check_device
 
 DEFAULT_RECIPE = DEFAULT_RECIPES["connector"]
-"""The demo's recipe: colour/shape/count single-turn QA first, then the full question mixture."""
+"""The demo's recipe: captions mixed with single-turn colour/shape/count questions, then the full
+question mixture (docs/from-scratch-recipe.md)."""
 DEFAULT_STEPS = 1.0
-"""The default demo trains the recipe's steps: both models, evaluation and report in 4.7 minutes on 2 quiet
-CPU cores (measured; README)."""
+"""The default demo trains the recipe's steps: both models, evaluation and report in 8.2 minutes on 2
+quiet CPU cores (measured; README)."""
 
 
 @dataclass(frozen=True)
