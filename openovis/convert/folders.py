@@ -459,7 +459,7 @@ def convert_checkpoint(
         convert_hf_ovis2_checkpoint(
             src, dst, "hf_to_openovis", backbone_feature=feature, max_shard_size=max_shard_size
         )
-        notes = [f"backbone_feature={feature}"]
+        notes = [f"backbone_feature={feature}", *hf_ovis2_processor(src, dst)]
     elif to == "official":
         notes = openovis_folder_to_official(
             src, dst, accept_pre_norm=accept_pre_norm, max_shard_size=max_shard_size
@@ -472,6 +472,38 @@ def convert_checkpoint(
     for note in notes:
         logger.info(note)
     return notes
+
+
+def hf_ovis2_processor(src: Path, dst: Path) -> list[str]:
+    """Writes the openovis processor of a folder converted from transformers' Ovis2; returns notes.
+
+    The source's tokenizer (it already holds ``<IMG_ATOM>`` and the five indicators) and its chat
+    template (else the official Ovis2 one, Qwen's with the default system prompt), its normalization
+    (else CLIP's, as AIMv2's), and the official crop grid with at most the source's ``max_patches``
+    crops. Crops are letterboxed as in the official Ovis2; transformers' processor stretches them
+    (docs/conversion.md). A source without a tokenizer gets no processor, and a note saying so.
+    """
+    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((src / name).is_file() for name in files):
+        return ["no tokenizer in the source folder: no processor written (pass one to OvisProcessor)"]
+    tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    config = OvisConfig.from_pretrained(dst)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = FORMATTER_TEMPLATES["QwenConversationFormatter"]
+    stats_file = src / "preprocessor_config.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    max_partition = int(stats.get("max_patches", OFFICIAL_MAX_PARTITION))
+    mean, std = _image_stats(src, config.vision_config.model_type)
+    image_config = _official_image_config(config, mean, std, max_partition)
+    processor = OvisProcessor(tokenizer, image_config, config.indicator_tokens, chat_format="template")
+    processor._check_model_ids(config)
+    processor.save_pretrained(dst)
+    if not (dst / "generation_config.json").exists():
+        _write_generation_config(dst, processor, "QwenConversationFormatter")
+    return [
+        f"processor: crop {image_config.image_size}px (letterboxed), max_partition {max_partition}, "
+        f"mean {list(mean)}, std {list(std)}"
+    ]
 
 
 def official_placeholder_map(config: Mapping[str, Any] | OvisConfig) -> dict[int, int]:

@@ -437,7 +437,8 @@ def convert_hf_ovis2_checkpoint(
 
     Works on the tensors and ``config.json`` alone (no model is instantiated), so it handles real
     model sizes on a CPU; tokenizer and generation files are copied. The processor configs are not:
-    the two image processors differ (see docs/conversion.md).
+    the two image processors differ (see docs/conversion.md); `openovis.convert.convert_checkpoint`
+    writes an openovis processor for the ``hf_to_openovis`` direction.
 
     Args:
         src_dir: A folder written by ``save_pretrained`` (safetensors).

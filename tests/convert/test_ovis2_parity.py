@@ -32,7 +32,13 @@ CROP, PATCH, STRIDE = 32, 8, 2
 T = (CROP // PATCH // STRIDE) ** 2  # visual tokens per crop
 
 
-def tiny_hf_ovis2(tokenize_function: str = "softmax", tie: bool = False) -> Ovis2ForConditionalGeneration:
+def tiny_hf_ovis2(
+    tokenize_function: str = "softmax",
+    tie: bool = False,
+    vocab: int = VOCAB,
+    atom: int = ATOM,
+    indicators: tuple[int, ...] = INDICATORS,
+) -> Ovis2ForConditionalGeneration:
     """A random transformers Ovis2 with every weight moved off its init (norms off 1, biases off 0)."""
     vision = Ovis2VisionConfig(
         hidden_size=32,
@@ -47,7 +53,7 @@ def tiny_hf_ovis2(tokenize_function: str = "softmax", tie: bool = False) -> Ovis
         tokenize_function=tokenize_function,
     )
     text = Qwen2Config(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=WIDTH,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -58,9 +64,9 @@ def tiny_hf_ovis2(tokenize_function: str = "softmax", tie: bool = False) -> Ovis
     config = Ovis2Config(
         vision_config=vision,
         text_config=text,
-        image_token_id=ATOM,
-        visual_indicator_token_ids=list(INDICATORS),
-        vocab_size=VOCAB,
+        image_token_id=atom,
+        visual_indicator_token_ids=list(indicators),
+        vocab_size=vocab,
         hidden_size=WIDTH,
         tie_word_embeddings=tie,
     )
@@ -264,6 +270,43 @@ def test_saved_folders_convert_and_load(tmp_path) -> None:
     hf2 = Ovis2ForConditionalGeneration.from_pretrained(tmp_path / "hf2").eval()
     assert_same_state(hf, hf2)
     assert (tmp_path / "hf2" / "generation_config.json").exists()
+
+
+@torch.no_grad()
+def test_a_converted_folder_gets_a_processor_and_answers(tmp_path) -> None:
+    from PIL import Image
+
+    from openovis.builders import CLIP_MEAN
+    from openovis.constants import IMAGE_ATOM, INDICATOR_TOKENS_OVIS2
+    from openovis.convert import convert_checkpoint
+    from openovis.data.text_tokenizer import byte_level_tokenizer
+    from openovis.inference import OvisPipeline
+    from openovis.processing.processor import OvisProcessor
+
+    tokenizer = byte_level_tokenizer()  # <IMG_ATOM> 5, the five Ovis2 indicators 6-10, as in transformers
+    tokenizer.chat_template = None  # the converter falls back to the official Ovis2 template
+    atom, indicators = tokenizer.convert_tokens_to_ids([IMAGE_ATOM, *INDICATOR_TOKENS_OVIS2])[:1], ()
+    indicators = tuple(tokenizer.convert_tokens_to_ids(list(INDICATOR_TOKENS_OVIS2)))
+    hf = tiny_hf_ovis2(tie=True, vocab=len(tokenizer), atom=atom[0], indicators=indicators)
+    hf.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text('{"max_patches": 4}')
+    notes = convert_checkpoint(tmp_path / "hf", tmp_path / "ours", to="openovis")
+    assert any(n.startswith("processor: crop 32px (letterboxed), max_partition 4") for n in notes)
+    processor = OvisProcessor.from_pretrained(tmp_path / "ours")
+    assert processor.image_config.max_partition == 4
+    assert tuple(processor.image_config.image_mean) == tuple(CLIP_MEAN)  # AIMv2's, not SigLIP's 0.5
+    assert processor.atom_token_id == atom[0] and processor.indicator_token_ids == indicators
+    assert "You are a helpful assistant." in processor.tokenizer.chat_template  # Ovis2's default prompt
+    pipe = OvisPipeline.from_pretrained(tmp_path / "ours")
+    answer = pipe.chat("What is it?", [Image.new("RGB", (50, 70), "red")], max_new_tokens=3)
+    assert isinstance(answer, str)
+
+    bare = tmp_path / "bare"
+    hf.save_pretrained(bare)
+    notes = convert_checkpoint(bare, tmp_path / "ours2", to="openovis")
+    assert any("no tokenizer in the source folder" in n for n in notes)
+    assert not (tmp_path / "ours2" / "processor_config.json").exists()
 
 
 def test_sharded_folder(tmp_path) -> None:
