@@ -35,9 +35,10 @@ def test_quick_demo_writes_the_report(demo):
     assert json.loads((out / "results.json").read_text())["table"]["mlp"]
     lines = summary_lines(results, out)
     assert len(lines) == 5 and lines[-1].endswith("report.md")
-    for run in results["runs"]:  # every run's image check is stored and shown (its sign is not tested:
-        # a quick run is too short to read images, see docs/from-scratch-recipe.md)
-        assert set(run["image_check"]) >= {"own", "mismatched", "gap", "gap_per_type"}
+    for run in results["runs"]:  # every run's image check is stored, and even the quick run reads its images
+        check = run["image_check"]
+        assert set(check) >= {"own", "mismatched", "gap", "gap_per_type"}
+        assert check["gap"] > 0, (run["connector"], check["gap"], check["gap_per_type"])
     assert "## Does the model read the image?" in report and "| VET seed 0 |" in report
     for run in results["runs"]:  # the loss fell in every stage
         for stage in run["stages"]:
