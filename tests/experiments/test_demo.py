@@ -35,10 +35,10 @@ def test_quick_demo_writes_the_report(demo):
     assert json.loads((out / "results.json").read_text())["table"]["mlp"]
     lines = summary_lines(results, out)
     assert len(lines) == 5 and lines[-1].endswith("report.md")
-    for run in results["runs"]:  # every run's image check is stored, and even the quick run reads its images
-        check = run["image_check"]
-        assert set(check) >= {"own", "mismatched", "gap", "gap_per_type"}
-        assert check["gap"] > 0, (run["connector"], check["gap"], check["gap_per_type"])
+    for run in results["runs"]:  # every run's image check is stored and shown; its sign is tested on a
+        # longer run (test_demo_models_read_their_images, slow tier): 1/10 of the steps on the quick data
+        # leaves the gap at ~1e-4, and 0.4x only at 0.003-0.018 (measured), too close to 0 to assert
+        assert set(run["image_check"]) >= {"own", "mismatched", "gap", "gap_per_type"}
     assert "## Does the model read the image?" in report and "| VET seed 0 |" in report
     for run in results["runs"]:  # the loss fell in every stage
         for stage in run["stages"]:
@@ -115,3 +115,15 @@ def test_demo_command_passes_its_options(tmp_path, monkeypatch):
         DemoConfig(steps=0)
     with pytest.raises(ValueError, match="device: must be one of"):
         DemoConfig(device="gpu")
+
+
+@pytest.mark.slow
+def test_demo_models_read_their_images(tmp_path):
+    """The demo at 0.6x its steps on the full data (about 5 minutes on 2 CPU cores): both connectors'
+    answers depend on the image. Measured once: image gap VET +0.27, MLP +0.12 nats; on colour answers
+    +1.75 / +0.56 (accuracy is not asserted: at this budget the MLP's colour is still at the prior)."""
+    results = run_demo(DemoConfig(out=tmp_path, steps=0.6, progress=False))
+    for run in results["runs"]:
+        check = run["image_check"]
+        assert check["gap"] > 0.05, (run["connector"], check["gap"], check["gap_per_type"])
+        assert check["gap_per_type"]["color"] > 0.3, (run["connector"], check["gap_per_type"])
