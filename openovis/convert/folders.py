@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
+from openovis.builders import CLIP_MEAN, CLIP_STD
 from openovis.configuration import OvisConfig
 from openovis.constants import IMAGE_ATOM, INDICATOR_TOKENS_OVIS25
 from openovis.convert.official import (
@@ -53,8 +54,6 @@ from openovis.processing.processor import OvisProcessor, add_ovis_tokens
 
 logger = logging.getLogger(__name__)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OFFICIAL_MODEL_TYPE = "ovis"
 """``model_type`` of the official configs (architectures ``["Ovis"]``)."""
 OFFICIAL_MAX_PARTITION = 9

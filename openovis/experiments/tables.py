@@ -89,9 +89,7 @@ def seed_spread_lines(results: dict[str, Any], split: str = "in-distribution") -
         return []
     if seeds < 2:
         return [f"One seed: differences between {', '.join(labels)} cannot be told from seed noise."]
-    runs = {
-        label: [r for r in results["runs"] if r.get("label", r.get("connector")) == label] for label in labels
-    }
+    runs = {label: [r for r in results["runs"] if r["label"] == label] for label in labels}
     gaps = {
         label: mean_std([r["image_check"]["gap"] for r in mine])
         for label, mine in runs.items()

@@ -23,6 +23,7 @@ from openovis.integrity import CheckpointError, verify_folder, write_manifest
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+DONE_FILE = "stage_done.json"
 
 
 class _TiedWeightsNotice(logging.Filter):
@@ -34,7 +35,6 @@ class _TiedWeightsNotice(logging.Filter):
 
 
 logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
-DONE_FILE = "stage_done.json"
 
 
 @dataclass
