@@ -27,7 +27,7 @@ DEFAULT_RECIPE = DEFAULT_RECIPES["connector"]
 """The demo's recipe: captions mixed with single-turn colour/shape/count questions, then the full
 question mixture (docs/from-scratch-recipe.md)."""
 DEFAULT_STEPS = 1.0
-"""The default demo trains the recipe's steps: both models, evaluation and report in 8.2 minutes on 2
+"""The default demo trains the recipe's steps: both models, evaluation and report in 8.5 minutes on 2
 quiet CPU cores (measured; README)."""
 
 
