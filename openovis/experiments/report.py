@@ -192,9 +192,9 @@ from the text alone has a gap of ~0; a positive gap is information taken from th
 
 ## Visual words
 
-For six in-distribution test images, the most probable visual word of each visual token
-(one cell per visual token, over the image) of the VET model, with its probability: the "semantic commitments"
-the VET forces each patch to make.
+For six in-distribution test images, the most probable visual word of each visual token (one cell
+per visual token, over the image) of the VET model, with its probability: the "semantic
+commitments" the VET forces each patch to make.
 
 ![visual words](visual_words.png)
 
