@@ -29,6 +29,7 @@ from openovis.data.shapes import (
     sample_scene,
     split_rng,
 )
+from openovis.data.shapes.language import indefinite
 
 SMALL = ShapesConfig(n_train=40, n_test=28)
 
@@ -227,6 +228,34 @@ def test_captions_and_descriptions_name_every_object(world: Path) -> None:
         assert f"{len(objects)} shape" in descriptions[row["image"]]
 
 
+def _caption_items(caption: str) -> list[str]:
+    """``"a large red circle at the top left"``, … of a caption, in its order."""
+    return re.split(r", | and (?=an? )", caption.removesuffix("."))
+
+
+def test_random_caption_order_shuffles_the_objects_and_nothing_else(world: Path, tmp_path: Path) -> None:
+    config = ShapesConfig(n_train=40, n_test=28, caption_order="random")
+    generate_shapes_world(tmp_path, config, progress=False)
+    reading, shuffled = _hashes(world), _hashes(tmp_path)
+    assert {k for k in reading if reading[k] != shuffled[k]} == {
+        "captions_train.jsonl",
+        "corpus.txt",
+        "meta.json",
+    }
+    scenes, moved = _scenes(world, "train"), 0
+    pairs = zip(_load(world, "captions_train.jsonl"), _load(tmp_path, "captions_train.jsonl"), strict=True)
+    for before, after in pairs:
+        objects = scenes[after["image"]]
+        want = [
+            f"{indefinite(o['size'] + ' ' + o['color'] + ' ' + o['shape'])} at the {o['region']}"
+            for o in objects
+        ]
+        assert _caption_items(before["caption"]) == want
+        assert sorted(_caption_items(after["caption"])) == sorted(want)
+        moved += _caption_items(after["caption"]) != want
+    assert moved > 10  # 40 scenes of 1-4 objects: most with two or more are reordered
+
+
 def test_test_splits_are_balanced(world: Path) -> None:
     meta = _load(world, "meta.json")
     for split in ("test_id", "test_heldout"):
@@ -322,6 +351,7 @@ def test_regeneration_removes_stale_images(tmp_path: Path) -> None:
         ("qa_turns", (2, 1)),
         ("qa_turns", (1, 8)),
         ("simple_qa_types", ("count", "count")),
+        ("caption_order", "shuffled"),
     ],
 )
 def test_config_validation_names_the_field(field: str, value: Any) -> None:

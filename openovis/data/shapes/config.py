@@ -45,6 +45,9 @@ REGIONS = tuple(f"{r} {c}" if r != c else r for r in ROW_NAMES for c in COL_NAME
 QUESTION_TYPES = ("color", "shape", "count", "position", "exist", "relation", "mcq")
 """Every question type, in the order of the test splits' round-robin."""
 
+CAPTION_ORDERS = ("reading", "random")
+"""Orders of the objects in a training caption (``ShapesConfig.caption_order``)."""
+
 SPLITS = ("train", "test_id", "test_heldout")
 """The splits, in the order of their generator ids (`split_rng`)."""
 
@@ -86,6 +89,10 @@ class ShapesConfig:
     """Types of ``qa_train_simple.json`` (none: the file is not written): for every training image one
     single-turn sample per listed type, the first QA stage of a curriculum. Drawn from a random stream
     of its own, so the other files do not depend on it."""
+    caption_order: str = "reading"
+    """Order of the objects in ``captions_train.jsonl``: ``"reading"`` (row, then column) or ``"random"``
+    (a random stream of its own). In reading order a caption's regions follow from the order alone;
+    shuffled, each region word must be read from where its object is in the image."""
 
     def __post_init__(self) -> None:
         for name in ("colors", "shapes", "qa_types", "simple_qa_types", "qa_turns"):
@@ -96,6 +103,8 @@ class ShapesConfig:
         _check_vocab(self.shapes, SHAPE_KINDS, "shapes", minimum=2)
         _check_heldout(self)
         _check_questions(self)
+        if self.caption_order not in CAPTION_ORDERS:
+            raise ValueError(f"caption_order: one of {list(CAPTION_ORDERS)}, got {self.caption_order!r}")
 
     @property
     def all_pairs(self) -> tuple[Pair, ...]:

@@ -79,7 +79,7 @@ def add_train_sample(
 ) -> None:
     """Appends the caption, description and QA conversation of training image ``index``."""
     path = image_path("train", index)
-    caption = caption_text(scene)
+    caption = caption_text(caption_scene(scene, index, config))
     prompt, description = pick(rng, DESCRIBE_PROMPTS), describe(scene, rng)
     questions = train_questions(scene, rng, config)
     turns = []
@@ -99,6 +99,16 @@ def add_train_sample(
 
 SIMPLE_STREAM = 1
 """Extra seed word of the random stream of ``qa_train_simple.json`` (independent of every other file)."""
+CAPTION_STREAM = 2
+"""Extra seed word of the random stream of shuffled caption orders (independent of every other file)."""
+
+
+def caption_scene(scene: Scene, index: int, config: ShapesConfig) -> Scene:
+    """The objects of training image ``index`` in the order its caption names them."""
+    if config.caption_order == "reading":
+        return scene
+    rng = np.random.default_rng([config.seed, SPLITS.index("train"), index, CAPTION_STREAM])
+    return tuple(scene[int(k)] for k in rng.permutation(len(scene)))
 
 
 def add_simple_samples(data: SplitData, scene: Scene, index: int, config: ShapesConfig) -> None:
