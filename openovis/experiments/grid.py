@@ -85,12 +85,17 @@ def with_vocab(data: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def paper_stages(data: dict[str, Any]) -> list[int]:
-    """Indices of the paper's stages 1, 2, 3, … in a recipe: every stage that is not text-only.
+    """Indices of the paper's stages 1, 2, 3, … in a recipe: every stage that is not text-only or regions-only.
 
-    Text-only stages (the from-scratch recipes' stage 0, which teaches the tiny LLM the corpus
-    language) are kept by every variant of the stages experiment.
+    Those stages stand in for pretrained parts (the from-scratch recipes' stage 0, which teaches the
+    tiny LLM the corpus language, or the ViT what lies under each visual token) and are kept by every
+    variant of the stages experiment.
     """
-    return [i for i, s in enumerate(data["stages"]) if not all(d.get("format") == "text" for d in s["data"])]
+    return [
+        i
+        for i, s in enumerate(data["stages"])
+        if {d.get("format") for d in s["data"]} not in ({"text"}, {"regions"})
+    ]
 
 
 def with_stages(data: dict[str, Any], variant: str) -> dict[str, Any]:
@@ -213,7 +218,8 @@ class Workspace:
 
     @property
     def stage_cache(self) -> Path:
-        """Text-only LLM stages shared by every run and seed here (`openovis.training.stage_cache`)."""
+        """Text-LLM and regions-backbone stages shared by every run and seed here
+        (`openovis.training.stage_cache`)."""
         return self.out / "stage-cache"
 
     @property

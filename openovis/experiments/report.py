@@ -49,7 +49,9 @@ def plot_stage_losses(results: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.2), dpi=110)
     for ax, stage in zip(np.atleast_1d(axes), stages, strict=True):
         for run in runs:
-            losses = json.loads((Path(run["run"]) / stage / "losses.json").read_text())
+            losses = stage_losses(run, stage)
+            if losses is None:
+                continue
             style = "-" if run["connector"] == "vet" else "--"
             ax.plot(smooth(losses), style, linewidth=1.3, label=f"{run['connector'].upper()} s{run['seed']}")
         ax.set_title(stage)
@@ -62,6 +64,15 @@ def plot_stage_losses(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def stage_losses(run: dict[str, Any], stage: str) -> list[float] | None:
+    """The per-step losses of a run's stage: its own, or the stage cache entry's it reused (None: neither)."""
+    summary = next((s for s in run.get("stages", []) if s.get("stage") == stage), {})
+    for folder in (Path(run["run"]) / stage, Path(summary["cached"]) if "cached" in summary else None):
+        if folder is not None and (folder / "losses.json").is_file():
+            return json.loads((folder / "losses.json").read_text())
+    return None
 
 
 def write_report(out: Path, results: dict[str, Any], device: Device = "auto") -> Path:
@@ -106,6 +117,11 @@ def reading(results: dict[str, Any]) -> list[str]:
             )
     runs = results["runs"]
     for i, stage in enumerate(runs[0]["stages"]):
+        if any("cached" in r["stages"][i] for r in runs):  # a stand-in for a pretrained part, trained once
+            lines.append(
+                f"{stage['stage']}: shared by every run (stage cache), final loss {stage['final_loss']:.3f}."
+            )
+            continue
         final = {c: [r["stages"][i]["final_loss"] for r in runs if r["connector"] == c] for c in table}
         means = {c: sum(v) / len(v) for c, v in final.items() if v}
         best = min(means, key=means.get)

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,8 @@ class StageResult:
     """Skip counts of the data pipeline."""
     prepared: Any = None
     """The model as `accelerate` prepared it (wrapped, possibly sharded): what the final save gathers."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Stage-specific figures for the stage summary (a regions stage: its attribute accuracies)."""
 
 
 def _supervised_tokens(batch: dict[str, Any]) -> int:

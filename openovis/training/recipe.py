@@ -44,7 +44,7 @@ MODULE_KEYS = (
 )
 """Names a learning-rate map may use (longest match wins; a parameter matched by none is frozen)."""
 
-DataFormat = Literal["conversation", "caption", "text"]
+DataFormat = Literal["conversation", "caption", "text", "regions"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -53,7 +53,8 @@ class DataSourceSpec:
     """One data file of a stage's mixture."""
 
     path: str
-    """File (JSON/JSONL conversations, JSONL/parquet captions, or plain text lines)."""
+    """File (JSON/JSONL conversations, JSONL/parquet captions, plain text lines, or JSONL objects per
+    image for a backbone stage: `openovis.training.regions`)."""
     format: DataFormat = "conversation"
     """How the file is read."""
     image_root: str | None = None
@@ -250,6 +251,28 @@ def _check_stage(stage: StageSpec, where: str) -> None:
             raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(stage, name)}")
     if not 0 <= stage.warmup_ratio < 1:
         raise ValueError(f"{where}.warmup_ratio: must be in [0, 1), got {stage.warmup_ratio}")
+    _check_regions_stage(stage, where)
+
+
+def _check_regions_stage(stage: StageSpec, where: str) -> None:
+    """A stage with ``format: regions`` data trains the backbone alone on them (`openovis.training.regions`)."""
+    formats = {d.format for d in stage.data}
+    if "regions" not in formats:
+        return
+    if formats != {"regions"}:
+        raise ValueError(
+            f"{where}.data: regions files cannot be mixed with {sorted(formats - {'regions'})} data"
+        )
+    others = [
+        k for k, lr in stage.module_lr.items() if lr > 0 and not k.startswith("visual_tokenizer.backbone")
+    ]
+    if others:
+        raise ValueError(
+            f"{where}.module_lr: a regions stage trains only visual_tokenizer.backbone (or its last_block), "
+            f"got {others}"
+        )
+    if stage.lora is not None:
+        raise ValueError(f"{where}.lora: a regions stage trains the backbone's own weights, not adapters")
 
 
 # ---- parsing -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Run folder layout::
     <output_dir>/<stage>/loss.png, losses.json, stage_done.json
     <output_dir>/logs/                      (TensorBoard)
     <output_dir>/summary.json
-    <stage_cache>/<stage>-<key>/            (text-only LLM stages shared between runs: `stage_cache`)
+    <stage_cache>/<stage>-<key>/            (text-LLM and regions-backbone stages shared between runs)
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ from openovis.training.distributed import (
 )
 from openovis.training.loop import StageResult, train_stage
 from openovis.training.recipe import Recipe, StageSpec, TokenizerTrainingSpec
+from openovis.training.regions import (
+    check_regions_stage,
+    is_regions_stage,
+    regions_dataset,
+    train_regions_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +190,7 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
         model.gradient_checkpointing_enable()
     accelerator.init_trackers("openovis")
     summary: dict[str, Any] = {"stages": []}
-    t0 = time.perf_counter()
+    t0, previous_key = time.perf_counter(), ""
     for i, stage in enumerate(recipe.stages):
         stage_dir = out / stage.name
         if resume and stage_done(stage_dir):
@@ -193,9 +199,9 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
             continue
         cached = None
         if recipe.stage_cache and stage_cache.cacheable(recipe.stages, i):
-            key = stage_cache.stage_key(model, processor.tokenizer, stage, data_root, i)
-            cached = stage_cache.entry(Path(recipe.stage_cache), stage, key)
-            hit = stage_cache.load(model, cached)
+            key = stage_cache.stage_key(model, processor, stage, data_root, i, previous_key)
+            cached, previous_key = stage_cache.entry(Path(recipe.stage_cache), stage, key), key
+            hit = stage_cache.load(model, stage, cached)
             if hit is not None:
                 accelerator.print(f"{stage.name}: reused from the stage cache ({cached})")
                 summary["stages"].append(hit)
@@ -203,6 +209,24 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
         set_seed(recipe.seed + i)
         if stage.reinit_last_block and not (resume and (stage_dir / "checkpoints").exists()):
             reinit_last_block(model)
+        if is_regions_stage(stage):  # the backbone alone, on per-token attributes
+            check_regions_stage(model, stage, f"stages.{i}")
+            images = regions_dataset(stage, model, processor.image_processor.image_config, data_root)
+            result = train_regions_stage(
+                accelerator,
+                model,
+                stage,
+                images,
+                seed=recipe.seed + i,
+                num_workers=recipe.num_workers,
+                progress=progress,
+            )
+            summary["stages"].append(_finish_stage(accelerator, model, processor, stage, stage_dir, result))
+            if cached is not None:
+                if accelerator.is_main_process:
+                    stage_cache.store(model, stage, cached, summary["stages"][-1], result.losses)
+                accelerator.wait_for_everyone()
+            continue
         dataset = stage_dataset(stage, processor, data_root, recipe.seed + i)
         collate = OvisCollator.from_processor(processor, "right")
         if recipe.speed.pack_length:  # speed levers (openovis/training/speed.py)
@@ -232,7 +256,7 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
         summary["stages"].append(_finish_stage(accelerator, model, processor, stage, stage_dir, result))
         if cached is not None:
             if accelerator.is_main_process:
-                stage_cache.store(model, cached, summary["stages"][-1])
+                stage_cache.store(model, stage, cached, summary["stages"][-1], result.losses)
             accelerator.wait_for_everyone()
     summary["seconds"] = time.perf_counter() - t0
     summary["final_model"] = str(out / recipe.stages[-1].name / "final")
@@ -299,6 +323,7 @@ def _finish_stage(
         "tokens": result.tokens,
         "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
         "skips": result.skips,
+        **result.metrics,
     }
     if accelerator.is_main_process:
         final = stage_dir / "final"
@@ -312,7 +337,8 @@ def _finish_stage(
         skipped = sum(result.skips.get("skipped", {}).values())
         accelerator.print(
             f"{stage.name}: {len(losses)} steps in {result.seconds:.1f}s, loss {head:.4f} -> {tail:.4f}, "
-            f"{info['tokens_per_s']:,.0f} tok/s, skipped {skipped} of {result.skips.get('total', 0)} samples"
+            f"{info['tokens_per_s']:,.0f} {'images' if is_regions_stage(stage) else 'tok'}/s, skipped {skipped} "
+            f"of {result.skips.get('total', 0)} samples"
         )
     accelerator.wait_for_everyone()
     return info

@@ -51,6 +51,16 @@ def test_reading_compares_with_the_stricter_baseline():
     assert lines[2] == "s1: final loss VET 0.900, MLP 1.100 (lower: VET)."
 
 
+def test_a_stage_shared_through_the_stage_cache_is_not_compared():
+    results = _results(0.5, 0.5)
+    shared = {"stage": "s0", "final_loss": 0.01, "steps": 10, "first_loss": 0.5}
+    results["runs"][0]["stages"].insert(0, shared)
+    results["runs"][1]["stages"].insert(0, {**shared, "cached": "/cache/s0-abc"})
+    lines = reading(results)
+    assert "s0: shared by every run (stage cache), final loss 0.010." in lines
+    assert "s1: final loss VET 0.900, MLP 1.100 (lower: VET)." in lines
+
+
 def test_accuracy_table_shows_both_baselines():
     table = accuracy_table(_results(0.9, 0.4))
     assert "| type | chance | constant | VET in-distribution | MLP in-distribution |" in table

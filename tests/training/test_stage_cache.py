@@ -1,4 +1,5 @@
-"""Text-only LLM stages are trained once and reused by later runs, whatever their connector."""
+"""Text-only LLM stages (and regions stages, tests/training/test_regions.py) are trained once and
+reused by later runs, whatever their connector."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from openovis.training.run import train
 
 TEXT = {"name": "stage0-text", "data": [{"path": "corpus.txt", "format": "text"}], "module_lr": {"llm": 2e-3}}
 TEXT.update(max_steps=4, batch_size=4, max_length=48)
+REGIONS = {"name": "stage0-regions", "data": [{"path": "scenes_train.jsonl", "format": "regions"}]}
+REGIONS.update(module_lr={"visual_tokenizer.backbone": 2e-3})
 CAPTIONS = {"name": "stage1", "data": [{"path": "captions_train.jsonl", "format": "caption"}]}
 CAPTIONS.update(module_lr={"all": 1e-3}, max_steps=2, batch_size=2, max_length=96)
 
@@ -51,7 +54,7 @@ def test_a_second_run_reuses_the_text_stage_instead_of_training_it(tmp_path):
     trained = load_file(tmp_path / "vet" / "stage0-text" / "final" / "model.safetensors")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "vet" / "tokenizer")
     model = build_model("tiny", tokenizer=tokenizer, connector="mlp")
-    stage_cache.load(model, entry)
+    stage_cache.load(model, parse(StageSpec, TEXT, ""), entry)
     compared = 0
     for name, value in model.llm.state_dict().items():
         if f"llm.{name}" in trained:
@@ -64,12 +67,15 @@ def test_a_second_run_reuses_the_text_stage_instead_of_training_it(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
-def test_only_leading_text_stages_that_train_the_llm_alone_are_cacheable():
+def test_only_leading_text_llm_and_regions_backbone_stages_are_cacheable():
     text = parse(StageSpec, TEXT, "")
     visual = parse(StageSpec, CAPTIONS, "")
     everything = parse(StageSpec, {**TEXT, "module_lr": {"all": 1e-3}}, "")
+    regions = parse(StageSpec, REGIONS, "")
     assert stage_cache.cacheable([text], 0)
     assert stage_cache.cacheable([text, text], 1)
+    assert stage_cache.cacheable([regions, text], 1) and stage_cache.cacheable([text, regions], 1)
+    assert not stage_cache.cacheable([visual, regions], 1)
     assert not stage_cache.cacheable([text, visual], 1)
     assert not stage_cache.cacheable([visual, text], 1)  # the LLM entering it is not the fresh one
     assert not stage_cache.cacheable([everything], 0)  # it would train the visual side too
