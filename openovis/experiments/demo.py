@@ -24,8 +24,8 @@ from openovis.experiments.grid import run_grid
 from openovis.options import Device, check_device
 
 DEFAULT_RECIPE = DEFAULT_RECIPES["connector"]
-"""The demo's recipe: captions mixed with single-turn colour/shape/count questions, then the full
-question mixture (docs/from-scratch-recipe.md)."""
+"""The demo's recipe: captions mixed with single-turn colour/shape/count/position questions, then the
+full question mixture (docs/from-scratch-recipe.md)."""
 DEFAULT_STEPS = 1.0
 """The default demo trains the recipe's steps: both models, evaluation and report in 8.5 minutes on 2
 quiet CPU cores (measured; README)."""

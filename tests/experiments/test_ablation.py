@@ -49,6 +49,13 @@ def test_stage_variants_keep_stage0_and_the_total_steps(variant):
     assert abs(sum(s["max_steps"] for s in data["stages"][1:]) - total) <= 1
 
 
+def test_a_regions_stage_is_a_stand_in_not_a_paper_stage():
+    demo = recipe_data("tiny-shapes-regions")
+    assert demo["stages"][0]["data"][0]["format"] == "regions"
+    assert paper_stages(demo) == [1, 2]
+    assert [s["name"] for s in with_stages(demo, "2")["stages"]] == ["stage0-regions", "stage3b-qa"]
+
+
 @pytest.mark.parametrize(
     ("experiment", "values", "message"),
     [

@@ -27,7 +27,11 @@ def test_the_recipe_gets_a_workspace_of_its_own_data(tmp_path):
     small = AblationConfig("connector", tmp_path, recipe="small-shapes").workspace()
     demo = AblationConfig("connector", tmp_path).workspace()
     assert small.shapes == {"seed": 0, "image_size": 128, "n_train": 20000}
-    assert demo.shapes == {"seed": 0, "image_size": 48}
+    assert demo.shapes == {
+        "seed": 0,
+        "image_size": 48,
+        "simple_qa_types": ["color", "shape", "count", "position"],
+    }
     assert small.data != demo.data and small.tokenizer != demo.tokenizer
     assert small.base("small-shapes")["generate"]["config"]["image_size"] == 128
 
