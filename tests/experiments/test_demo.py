@@ -122,7 +122,7 @@ def test_demo_models_read_their_images(tmp_path):
     """The demo at 0.6x its steps on the full data (5 min 15 s on 2 CPU cores): both connectors'
     answers depend on the image. Accuracy is not asserted. For scale: the previous 64-px recipe at this
     budget measured image gaps of +0.27 (VET) / +0.12 (MLP) nats, +1.75 / +0.56 on colour answers; the
-    current recipe at its full steps +0.37 to +0.55, colour +1.2 to +2.6 (3 seeds each)."""
+    current recipe at its full steps +0.59 to +0.88, colour +1.0 to +2.9 (3 seeds each)."""
     results = run_demo(DemoConfig(out=tmp_path, steps=0.6, progress=False))
     for run in results["runs"]:
         check = run["image_check"]
