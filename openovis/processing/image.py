@@ -465,6 +465,15 @@ def _normalize(img: Image.Image, cfg: ImageProcessingConfig) -> np.ndarray:
     return arr.transpose(2, 0, 1)  # [3, h, w]
 
 
+def letterbox_size(w: int, h: int, side: int) -> tuple[int, int]:
+    """Width and height of a ``w x h`` image letterboxed into ``side x side`` (long side = ``side``)."""
+    if w == h:
+        return side, side
+    if w > h:
+        return side, max(1, int(h / w * side))
+    return max(1, int(w / h * side)), side
+
+
 def letterbox(img: Image.Image, cfg: ImageProcessingConfig) -> np.ndarray:
     """Resizes keeping aspect so the long side is S, normalizes, centres in zeros: ``[3, S, S]``.
 
@@ -472,13 +481,7 @@ def letterbox(img: Image.Image, cfg: ImageProcessingConfig) -> np.ndarray:
     least 1 pixel so that extreme aspect ratios (1 x 1000) do not produce an empty image.
     """
     side = cfg.image_size
-    w, h = img.size
-    if w == h:
-        new_w = new_h = side
-    elif w > h:
-        new_w, new_h = side, max(1, int(h / w * side))
-    else:
-        new_w, new_h = max(1, int(w / h * side)), side
+    new_w, new_h = letterbox_size(*img.size, side)
     values = _normalize(img.resize((new_w, new_h), _RESAMPLE[cfg.resample]), cfg)  # [3, new_h, new_w]
     square = np.zeros((3, side, side), dtype=np.float32)  # zero *after* normalization, as official
     top, left = (side - new_h) // 2, (side - new_w) // 2

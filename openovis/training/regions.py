@@ -42,7 +42,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from openovis.modeling.backbone import backbone_features
-from openovis.processing.image import ImageProcessingConfig, letterbox, load_image, resolve_image_path
+from openovis.processing.image import (
+    ImageProcessingConfig,
+    letterbox,
+    letterbox_size,
+    load_image,
+    resolve_image_path,
+)
 from openovis.skips import SkippedSample, SkipSample
 from openovis.training.loop import IndexStream, StageResult, TrainingDiverged, cosine_schedule
 from openovis.training.param_groups import param_groups
@@ -154,8 +160,7 @@ class RegionsDataset(Dataset):
     def labels(self, record: RegionRecord, width: int, height: int) -> torch.Tensor:
         """``[T, A]`` class indices (0: no object; `IGNORE`: objects that disagree)."""
         side, size = self.side, self.cfg.image_size
-        scale = size / max(width, height)  # as `letterbox`: the long side becomes S, centred
-        new_w, new_h = (size, size) if width == height else (round(width * scale), round(height * scale))
+        new_w, new_h = letterbox_size(width, height, size)
         left, top = (size - new_w) // 2, (size - new_h) // 2
         labels = torch.zeros(side * side, len(self.vocabulary), dtype=torch.long)
         seen = torch.zeros(side * side, dtype=torch.bool)
