@@ -221,38 +221,35 @@ def train(recipe: Recipe, resume: str | None = None, progress: bool = True) -> d
                 num_workers=recipe.num_workers,
                 progress=progress,
             )
-            summary["stages"].append(_finish_stage(accelerator, model, processor, stage, stage_dir, result))
-            if cached is not None:
-                if accelerator.is_main_process:
-                    stage_cache.store(model, stage, cached, summary["stages"][-1], result.losses)
-                accelerator.wait_for_everyone()
-            continue
-        dataset = stage_dataset(stage, processor, data_root, recipe.seed + i)
-        collate = OvisCollator.from_processor(processor, "right")
-        if recipe.speed.pack_length:  # speed levers (openovis/training/speed.py)
-            collate = PackingCollator.from_processor(processor, recipe.speed.pack_length)
-        apply_speed_levers(model, recipe.speed)
-        check_stage_supported(accelerator, stage.lora is not None)
-        model, lora = _maybe_lora(model, stage)
-        result = train_stage(
-            accelerator,
-            model,
-            stage,
-            stage_dir,
-            dataset,
-            collate,
-            seed=recipe.seed + i,
-            num_workers=recipe.num_workers,
-            resume=resume is not None,
-            progress=progress,
-        )
-        if parameters_sharded(accelerator):
-            summary["stages"].append(_finish_sharded_stage(accelerator, processor, stage, stage_dir, result))
-            # The next stage starts from the gathered weights as a plain module, sharded afresh.
-            model = load_model(stage_dir / "final", config_overrides=forced)
-            continue
-        result.prepared = None  # the wrapper is not needed past here; let it be freed
-        model = _unwrap(accelerator, model, lora)
+        else:
+            dataset = stage_dataset(stage, processor, data_root, recipe.seed + i)
+            collate = OvisCollator.from_processor(processor, "right")
+            if recipe.speed.pack_length:  # speed levers (openovis/training/speed.py)
+                collate = PackingCollator.from_processor(processor, recipe.speed.pack_length)
+            apply_speed_levers(model, recipe.speed)
+            check_stage_supported(accelerator, stage.lora is not None)
+            model, lora = _maybe_lora(model, stage)
+            result = train_stage(
+                accelerator,
+                model,
+                stage,
+                stage_dir,
+                dataset,
+                collate,
+                seed=recipe.seed + i,
+                num_workers=recipe.num_workers,
+                resume=resume is not None,
+                progress=progress,
+            )
+            if parameters_sharded(accelerator):
+                summary["stages"].append(
+                    _finish_sharded_stage(accelerator, processor, stage, stage_dir, result)
+                )
+                # The next stage starts from the gathered weights as a plain module, sharded afresh.
+                model = load_model(stage_dir / "final", config_overrides=forced)
+                continue
+            result.prepared = None  # the wrapper is not needed past here; let it be freed
+            model = _unwrap(accelerator, model, lora)
         summary["stages"].append(_finish_stage(accelerator, model, processor, stage, stage_dir, result))
         if cached is not None:
             if accelerator.is_main_process:
