@@ -227,7 +227,7 @@ def train_stage(
     )
     loader = DataLoader(dataset, batch_sampler=stream, collate_fn=collate_fn, num_workers=num_workers)
     batches = iter(loader)
-    skips = _SkipTally(state.skips)
+    skips = SkipTally(state.skips)
 
     wrapped.train()
     bar = tqdm(
@@ -348,7 +348,7 @@ def _last_pixels(
     return None, None
 
 
-class _SkipTally:
+class SkipTally:
     """Adds up the skip counts the collator reports per batch."""
 
     def __init__(self, counts: dict[str, Any]):

@@ -50,7 +50,7 @@ from openovis.processing.image import (
     resolve_image_path,
 )
 from openovis.skips import SkippedSample, SkipSample
-from openovis.training.loop import IndexStream, StageResult, TrainingDiverged, cosine_schedule
+from openovis.training.loop import IndexStream, SkipTally, StageResult, TrainingDiverged, cosine_schedule
 from openovis.training.param_groups import param_groups
 from openovis.training.recipe import StageSpec
 
@@ -123,11 +123,6 @@ def attribute_vocabulary(records: Sequence[RegionRecord]) -> dict[str, list[str]
     if not values:
         raise ValueError(f"{records[0].where}: the objects have no string attributes to learn")
     return {name: [NONE, *sorted(v)] for name, v in sorted(values.items())}
-
-
-def token_side(image_size: int, patch_size: int, hidden_stride: int) -> int:
-    """Visual tokens per side of one crop."""
-    return image_size // (patch_size * hidden_stride)
 
 
 class RegionsDataset(Dataset):
@@ -245,14 +240,15 @@ def check_regions_stage(model: nn.Module, stage: StageSpec, where: str) -> None:
 def regions_dataset(
     stage: StageSpec, model: nn.Module, image_config: ImageProcessingConfig, data_root: Path
 ) -> RegionsDataset:
-    """The stage's regions files as one dataset (weights and ``max_samples`` as in other mixtures)."""
+    """The stage's regions files as one dataset (``max_samples`` as in other mixtures; ``weight`` repeats a
+    file a whole number of times, at least once)."""
     records, roots = [], []
     for source in stage.data:
         rows = read_regions(data_root / source.path)[: source.max_samples]
         repeat = max(1, round(source.weight))  # integer repeats: a weight below 1 keeps the file once
         records += rows * repeat
         roots += [data_root / (source.image_root or ".")] * (len(rows) * repeat)
-    side = token_side(image_config.image_size, model.config.patch_size, model.config.hidden_stride)
+    side = math.isqrt(image_config.tokens_per_crop)
     return RegionsDataset(records, roots, attribute_vocabulary(records), image_config, side)
 
 
@@ -287,7 +283,7 @@ def train_regions_stage(
         DataLoader(dataset, batch_sampler=stream, collate_fn=collate_regions, num_workers=num_workers)
     )
     trainable = [p for g in groups for p in g["params"]]
-    skips: dict[str, Any] = {"total": 0, "skipped": {}}
+    skips = SkipTally({})
     losses: list[float] = []
     recent: dict[str, list[float]] = {}
     model.train()
@@ -295,9 +291,7 @@ def train_regions_stage(
     start, images = time.perf_counter(), 0
     while len(losses) < stage.max_steps:
         batch = next(batches)
-        skips["total"] += batch["num_samples"]
-        for reason, n in batch["skipped"].items():
-            skips["skipped"][reason] = skips["skipped"].get(reason, 0) + n
+        skips.add(batch)
         if batch["pixel_values"] is None:
             continue  # every image of this batch was skipped (and counted)
         with accelerator.autocast():
@@ -328,5 +322,5 @@ def train_regions_stage(
     window = max(1, stage.max_steps // 10)
     accuracy = {k: round(sum(v[-window:]) / len(v[-window:]), 4) for k, v in recent.items()}
     return StageResult(
-        losses, time.perf_counter() - start, images, skips, metrics={"region_accuracy": accuracy}
+        losses, time.perf_counter() - start, images, skips.counts, metrics={"region_accuracy": accuracy}
     )
