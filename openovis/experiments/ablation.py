@@ -42,7 +42,7 @@ EXPERIMENTS: tuple[str, ...] = get_args(Experiment)
 
 DEFAULT_VALUES: dict[str, dict[bool, list[str]]] = {
     "connector": {False: ["vet", "mlp"], True: ["vet", "mlp"]},
-    "vocab": {False: ["64", "256", "512", "1024", "4096", "16384"], True: ["16", "64", "512"]},
+    "vocab": {False: ["16", "64", "128", "512", "2048", "16384"], True: ["16", "128", "512"]},
     "stages": {False: ["1", "1+2", "3", "1+3", "2+3", "1+2+3"], True: ["1", "3", "1+2+3"]},
 }
 """Grid points per experiment, full (False) and quick (True)."""

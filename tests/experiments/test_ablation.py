@@ -10,6 +10,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from openovis.builders import build_config
 from openovis.cli import app
 from openovis.experiments import ablation, grid
 from openovis.experiments.ablation import AblationConfig, grid_runs
@@ -23,6 +24,7 @@ from openovis.experiments.grid import (
 )
 from openovis.experiments.shapes import SPLITS
 from openovis.experiments.tables import aggregate
+from openovis.modeling.connector import build_connector
 from openovis.training.recipe import Recipe, parse
 
 TYPES = ("color", "shape")
@@ -34,6 +36,22 @@ def test_mlp_twin_is_the_shipped_mlp_recipe():
     derived.pop("output_dir"), shipped.pop("output_dir")
     assert derived == shipped
     assert "vte" in recipe_data("tiny-shapes")["stages"][1]["module_lr"]  # the original is untouched
+
+
+def _connector_size(data: dict) -> int:
+    overrides = dict(data["model"].get("overrides", {}))
+    vision, text = overrides.pop("vision", None), overrides.pop("text", None)
+    config = build_config(data["model"]["preset"], vision=vision, text=text, **overrides)
+    return sum(p.numel() for p in build_connector(config).parameters())
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-shapes", "tiny-shapes-curriculum", "tiny-shapes-regions", "small-shapes"]
+)
+def test_the_mlp_twin_has_about_the_vets_connector_size(name):
+    vet = _connector_size(recipe_data(name))
+    mlp = _connector_size(with_mlp_connector(recipe_data(name)))
+    assert abs(mlp - vet) <= 0.05 * vet, (vet, mlp)
 
 
 @pytest.mark.parametrize("variant", ["1", "3", "1+2", "1+3", "2+3", "1+2+3"])
