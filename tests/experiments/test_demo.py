@@ -119,9 +119,9 @@ def test_demo_command_passes_its_options(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_demo_models_read_their_images(tmp_path):
-    """The default demo (8.5 min on 2 CPU cores): both connectors' answers depend on the image, colour
-    answers most. Accuracy is not asserted. Measured image gaps at these steps: +0.59 to +0.88 nats,
-    colour +1.0 to +2.9 (3 seeds). At 0.6x the steps the MLP had not yet read colour (+0.04 nats on
+    """The default demo (~9 min on 2 CPU cores): both connectors' answers depend on the image, colour
+    answers most. Accuracy is not asserted. Measured image gaps at these steps: +0.65 to +0.92 nats,
+    colour +1.2 to +2.7 (3 seeds). At 0.6x the steps the MLP had not yet read colour (+0.04 nats on
     colour answers, seed 0): with position questions in stage 3a, colour is a quarter of its simple
     questions, no longer a third."""
     results = run_demo(DemoConfig(out=tmp_path, progress=False))
