@@ -243,3 +243,31 @@ def test_mlp_out_init_std_scales_only_the_connectors_output_layer():
     assert abs(float(scaled.connector[-1].weight.std()) - 0.002) < 0.0005
     assert abs(float(default.connector[-1].weight.std()) - 0.02) < 0.005
     assert abs(float(scaled.connector[0].weight.std()) - 0.02) < 0.005
+
+
+@pytest.mark.parametrize(
+    ("overrides", "low", "high"),
+    [
+        ({"connector": "vet"}, 0.4, 0.8),  # K = 512: a near-uniform mixture of 507 rows, ~0.6x
+        ({"connector": "vet", "visual_vocab_size": 128}, 0.8, 1.4),  # 4x fewer words, 2x the RMS
+        ({"connector": "mlp"}, 0.8, 1.4),
+        ({"connector": "mlp", "mlp_hidden_size": 128}, 0.4, 0.8),
+    ],
+)
+def test_demo_init_starts_visual_tokens_near_the_text_scale(overrides, low, high):
+    """docs/from-scratch-recipe.md §3: the demo's `vte_init_std` / `mlp_out_init_std` put a visual
+    token's initial RMS near a text embedding's (0.02), and where the connector's width moves it."""
+    torch.manual_seed(0)
+    model = build_model(
+        "tiny-shapes",
+        vision={"image_size": 48},
+        vte_init_std=0.25,
+        mlp_out_init_std=0.002,
+        tokenize_temperature=3.0,
+        **overrides,
+    )
+    with torch.no_grad():
+        tokens = model.connector(model.visual_tokenizer.features(torch.randn(4, 3, 48, 48)))
+    text = model.llm.get_input_embeddings().weight
+    ratio = float(tokens.pow(2).mean().sqrt() / text.pow(2).mean().sqrt())
+    assert low < ratio < high, ratio
