@@ -39,9 +39,7 @@ def test_mlp_twin_is_the_shipped_mlp_recipe():
 
 
 def _connector_size(data: dict) -> int:
-    overrides = dict(data["model"].get("overrides", {}))
-    vision, text = overrides.pop("vision", None), overrides.pop("text", None)
-    config = build_config(data["model"]["preset"], vision=vision, text=text, **overrides)
+    config = build_config(data["model"]["preset"], **data["model"].get("overrides", {}))
     return sum(p.numel() for p in build_connector(config).parameters())
 
 

@@ -9,6 +9,7 @@ from model_helpers import image_span
 from transformers import AutoModelForImageTextToText
 
 from openovis import OvisForConditionalGeneration, build_model
+from openovis.experiments.grid import recipe_data
 from openovis.modeling.visual_tokenizer import merge_hidden_stride
 from openovis.ops.vet import tokenize_logits as tokenize
 
@@ -246,7 +247,7 @@ def test_mlp_out_init_std_scales_only_the_connectors_output_layer():
 
 
 @pytest.mark.parametrize(
-    ("overrides", "low", "high"),
+    ("change", "low", "high"),
     [
         ({"connector": "vet"}, 0.4, 0.8),  # K = 512: a near-uniform mixture of 507 rows, ~0.6x
         ({"connector": "vet", "visual_vocab_size": 128}, 0.8, 1.4),  # 4x fewer words, 2x the RMS
@@ -254,20 +255,15 @@ def test_mlp_out_init_std_scales_only_the_connectors_output_layer():
         ({"connector": "mlp", "mlp_hidden_size": 128}, 0.4, 0.8),
     ],
 )
-def test_demo_init_starts_visual_tokens_near_the_text_scale(overrides, low, high):
-    """docs/from-scratch-recipe.md §3: the demo's `vte_init_std` / `mlp_out_init_std` put a visual
-    token's initial RMS near a text embedding's (0.02), and where the connector's width moves it."""
+def test_demo_init_starts_visual_tokens_near_the_text_scale(change, low, high):
+    """docs/from-scratch-recipe.md §3: the demo recipe's `vte_init_std` / `mlp_out_init_std` put a
+    visual token's initial RMS near a text embedding's (0.02), and where the connector's width moves it."""
+    model_spec = recipe_data("tiny-shapes-curriculum")["model"]
     torch.manual_seed(0)
-    model = build_model(
-        "tiny-shapes",
-        vision={"image_size": 48},
-        vte_init_std=0.25,
-        mlp_out_init_std=0.002,
-        tokenize_temperature=3.0,
-        **overrides,
-    )
+    model = build_model(model_spec["preset"], **{**model_spec["overrides"], **change})
+    size = model.config.vision_config.image_size
     with torch.no_grad():
-        tokens = model.connector(model.visual_tokenizer.features(torch.randn(4, 3, 48, 48)))
+        tokens = model.connector(model.visual_tokenizer.features(torch.randn(4, 3, size, size)))
     text = model.llm.get_input_embeddings().weight
     ratio = float(tokens.pow(2).mean().sqrt() / text.pow(2).mean().sqrt())
     assert low < ratio < high, ratio
