@@ -48,12 +48,13 @@ DEFAULT_VALUES: dict[str, dict[bool, list[str]]] = {
 """Grid points per experiment, full (False) and quick (True)."""
 
 DEFAULT_RECIPES: dict[str, str] = {
-    "connector": "tiny-shapes-curriculum",
+    "connector": "tiny-shapes-regions",
     "vocab": "tiny-shapes-curriculum",
     "stages": "tiny-shapes",
 }
-"""Base recipe per experiment: the demo's (its models read their images) where the paper's stage
-structure is not what is varied; the paper's stages where it is."""
+"""Base recipe per experiment: the demo's for the connector (a regions stage as the pretrained ViT,
+then the curriculum; both connectors read their images), the from-scratch curriculum for the
+vocabulary (where its sweep was measured), the paper's stages where they are what is varied."""
 
 
 def grid_point(experiment: str, value: str, base: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +90,8 @@ class AblationConfig:
     """Smaller data, 1/10 of the steps and a smaller grid: a smoke run, not a measurement."""
     recipe: str | None = None
     """Base recipe (a shipped name or a path; a Shapes World recipe, since evaluation uses its test
-    splits). Default: the demo's `tiny-shapes-curriculum` for connector and vocab, `tiny-shapes`
-    (the paper's stages 1-3 after a text-only stage 0) for stages."""
+    splits). Default: the demo's `tiny-shapes-regions` for connector, `tiny-shapes-curriculum` for
+    vocab, `tiny-shapes` (the paper's stages 1-3 after a text-only stage 0) for stages."""
     values: list[str] = field(default_factory=list)
     """Grid points instead of the default (K values for vocab, variants like ``1+3`` for stages)."""
     steps: float | None = None

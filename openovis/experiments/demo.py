@@ -1,6 +1,6 @@
 """`openovis demo`: the paper's central claim measured end to end on a laptop CPU.
 
-Generates Shapes World, trains the `tiny-shapes-curriculum` recipe (Ovis: head + VET) and its MLP-projector
+Generates Shapes World, trains the `tiny-shapes-regions` recipe (Ovis: head + VET) and its MLP-projector
 twin (same data, steps, rates, and parameter count within ~1%), evaluates both on the
 in-distribution and held-out-composition test splits, and writes a report folder::
 
@@ -24,8 +24,9 @@ from openovis.experiments.grid import run_grid
 from openovis.options import Device, check_device
 
 DEFAULT_RECIPE = DEFAULT_RECIPES["connector"]
-"""The demo's recipe: captions mixed with single-turn colour/shape/count/position questions, then the
-full question mixture (docs/from-scratch-recipe.md)."""
+"""The demo's recipe: a regions stage stands in for a pretrained ViT, which then stays frozen; captions
+mixed with single-turn colour/shape/count/position questions, then the full question mixture
+(docs/from-scratch-recipe.md)."""
 DEFAULT_STEPS = 1.0
 """The default demo trains the recipe's steps: both models, evaluation and report in 8.5 minutes on 2
 quiet CPU cores (measured; README)."""

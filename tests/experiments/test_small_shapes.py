@@ -30,6 +30,7 @@ def test_the_recipe_gets_a_workspace_of_its_own_data(tmp_path):
     assert demo.shapes == {
         "seed": 0,
         "image_size": 48,
+        "n_test": 1050,
         "simple_qa_types": ["color", "shape", "count", "position"],
     }
     assert small.data != demo.data and small.tokenizer != demo.tokenizer
