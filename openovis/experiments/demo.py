@@ -28,8 +28,8 @@ DEFAULT_RECIPE = DEFAULT_RECIPES["connector"]
 mixed with single-turn colour/shape/count/position questions, then the full question mixture
 (docs/from-scratch-recipe.md)."""
 DEFAULT_STEPS = 1.0
-"""The default demo trains the recipe's steps: both models, evaluation and report in 8.5 minutes on 2
-quiet CPU cores (measured; README)."""
+"""The default demo trains the recipe's steps: both models, evaluation and report in about 7 minutes on
+2 quiet CPU cores (measured; README)."""
 
 
 @dataclass(frozen=True)

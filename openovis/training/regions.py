@@ -297,24 +297,23 @@ def train_regions_stage(
         with accelerator.autocast():
             features = token_features(model, batch["pixel_values"].to(device, model.dtype))
             loss, accuracy = heads(features.float(), batch["labels"].to(device))
-        if not math.isfinite(float(loss)):
-            raise TrainingDiverged(
-                f"{stage.name}: loss is {float(loss)} at step {len(losses) + 1}; lower the rate"
-            )
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{stage.name}: loss is {value} at step {len(losses) + 1}; lower the rate")
         loss.backward()
         if stage.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, stage.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(value)
         images += batch["pixel_values"].shape[0]
         for name, acc in accuracy.items():
             recent.setdefault(name, []).append(acc)
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}", **{k: f"{v[-1]:.2f}" for k, v in recent.items()})
+        bar.set_postfix(loss=f"{value:.4f}", **{k: f"{v[-1]:.2f}" for k, v in recent.items()})
         if len(losses) % stage.log_every == 0 or len(losses) == stage.max_steps:
-            logged = {"loss": float(loss), **{f"accuracy/{k}": v[-1] for k, v in recent.items()}}
+            logged = {"loss": value, **{f"accuracy/{k}": v[-1] for k, v in recent.items()}}
             accelerator.log({f"{stage.name}/{k}": v for k, v in logged.items()}, step=len(losses))
     bar.close()
     for p in model.parameters():

@@ -134,17 +134,22 @@ def test_run_key_ignores_locations_and_sees_everything_else(tmp_path):
 
 def test_experiments_share_a_run_when_the_point_is_the_same(tmp_path):
     ws = Workspace(tmp_path)
-    vet = grid_runs(AblationConfig("connector", tmp_path), ws)[0]
-    k512 = grid_runs(AblationConfig("vocab", tmp_path, values=["512"]), ws)[0]
+    vet = grid_runs(AblationConfig("connector", tmp_path), ws)[0]  # the demo's recipe
+    k512 = grid_runs(AblationConfig("vocab", tmp_path, values=["512"], recipe="tiny-shapes-regions"), ws)[0]
+    assert vet.key() == k512.key()
+    curriculum = grid_runs(AblationConfig("vocab", tmp_path, values=["512"]), ws)[0]  # vocab's default
     stages = AblationConfig("stages", tmp_path, values=["1+2"], recipe="tiny-shapes-curriculum")
     all_stages = grid_runs(stages, ws)[0]  # the curriculum's two QA stages, both kept
-    assert vet.key() == k512.key() == all_stages.key()
+    assert curriculum.key() == all_stages.key() != vet.key()
     paper = grid_runs(AblationConfig("stages", tmp_path, values=["1+2+3"]), ws)[0]
     assert paper.key() != vet.key()  # by default, stages varies the paper's recipe
     folder = vet.folder(tmp_path)
     assert folder.name == f"vet-seed0-{vet.key()}"
     folder.mkdir(parents=True)
-    assert k512.folder(tmp_path) == all_stages.folder(tmp_path) == folder  # found under its first label
+    assert k512.folder(tmp_path) == folder  # found under its first label
+    first = curriculum.folder(tmp_path)
+    first.mkdir(parents=True)
+    assert all_stages.folder(tmp_path) == first
 
 
 def _fake_result(point: Run, ws: Workspace, accuracy: float) -> dict:

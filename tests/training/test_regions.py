@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -188,7 +189,10 @@ def test_only_the_backbone_moves_and_the_heads_are_thrown_away(tmp_path):
     stage = parse(StageSpec, {**REGIONS, "max_steps": 3, "batch_size": 4}, "")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = regions_dataset(stage, model, CFG, tmp_path)
-    result = train_regions_stage(Accelerator(cpu=True), model, stage, data, seed=0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:  # the demo's console shows none
+        warnings.simplefilter("always")
+        result = train_regions_stage(Accelerator(cpu=True), model, stage, data, seed=0, progress=False)
+    assert [str(w.message) for w in caught] == []
     assert len(result.losses) == 3 and result.tokens == 12  # images
     moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert moved and all(n.startswith("visual_tokenizer.backbone.") for n in moved)
