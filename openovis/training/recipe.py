@@ -23,6 +23,7 @@ Relative data paths resolve against ``data_root``. Overrides from the command li
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,23 +321,49 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if origin is dict and args == (str, float):  # e.g. module_lr: every value a number
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return {k: _value(float, v, _join(where, str(k))) for k, v in value.items()}
+    if hint is float:
+        return _number(value, where)
     if hint in (int, str, bool) and not isinstance(value, hint):
         raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A float field's value given as text: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    raise ValueError(f"{where}: expected a number, got {value!r}")
 
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+DOTTED_KEYS = frozenset({"module_lr"})
+"""Mappings whose keys are dotted module paths: in an override, what follows them is one key."""
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Applies ``a.b.0.c=value`` overrides (values parsed as YAML) to nested plain data."""
+    """Applies ``a.b.0.c=value`` overrides (values parsed as YAML) to nested plain data.
+
+    Under a `DOTTED_KEYS` mapping the rest of the path is one key:
+    ``stages.0.module_lr.visual_tokenizer.head=3e-3`` sets the rate of ``visual_tokenizer.head``.
+    """
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected KEY=VALUE")
         key, raw = item.split("=", 1)
         node: Any = data
         parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part in DOTTED_KEYS:
+                parts = [*parts[: i + 1], ".".join(parts[i + 1 :])]
+                break
         for part in parts[:-1]:
             node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
         last = parts[-1]

@@ -82,6 +82,18 @@ def _minimal(**stage):
             {**_minimal(), "model": {"tokenizer": {"train_on": "c.txt", "size": 3}}},
             "model.tokenizer.size: unknown field",
         ),
+        (
+            {"stages": [{"name": "s", "data": [{"path": "x"}], "module_lr": {"vte": {"head": 1.0}}}]},
+            r"stages.0.module_lr.vte: expected a number, got \{'head': 1.0\}",
+        ),
+        (
+            {
+                "stages": [
+                    {"name": "s", "data": [{"path": "x"}], "module_lr": {"vte": 1.0}, "min_lr_ratio": "low"}
+                ]
+            },
+            "stages.0.min_lr_ratio: expected a number, got 'low'",
+        ),
     ],
 )
 def test_malformed_recipes_name_the_field(data, message):
@@ -99,6 +111,19 @@ def test_apply_overrides_parses_yaml_values():
     assert data == {"stages": [{"a": 2.5e-3}], "x": {"y": [1, 2]}}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         apply_overrides({}, ["novalue"])
+
+
+def test_an_override_names_a_dotted_module_of_module_lr():
+    base = {"stages": [{"module_lr": {"all": 1e-3, "visual_tokenizer.backbone": 0.0}}]}
+    data = apply_overrides(base, ["stages.0.module_lr.visual_tokenizer.head=3e-3"])
+    assert data["stages"][0]["module_lr"] == {
+        "all": 1e-3,
+        "visual_tokenizer.backbone": 0.0,
+        "visual_tokenizer.head": "3e-3",  # YAML 1.1 reads 3e-3 as text; parsing makes it a number
+    }
+    recipe = load_recipe("tiny-shapes-regions", ["stages.1.module_lr.visual_tokenizer.head=3e-3"])
+    assert recipe.stages[1].module_lr["visual_tokenizer.head"] == 3e-3
+    assert recipe.stages[1].module_lr["visual_tokenizer.backbone"] == 0.0
 
 
 def test_generated_data_and_trained_tokenizer_are_declared_not_named():
