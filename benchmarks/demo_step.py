@@ -1,7 +1,7 @@
 """The demo's training step on Shapes World: batches padded to their longest sample vs packed rows.
 
-    python benchmarks/demo_step.py                       # tiny-shapes-curriculum, 2 threads, 30 steps
-    python benchmarks/demo_step.py --pack-length 128 --steps 60 --threads 1
+    python benchmarks/demo_step.py                       # the demo's recipe, 2 threads, 30 steps
+    python benchmarks/demo_step.py --recipe tiny-shapes-curriculum --pack-length 128 --threads 1
 
 Builds the recipe's model (random weights), writes a small Shapes World with the recipe's generator
 settings into a temporary folder, trains a BPE on it as the recipe does, and runs each text stage of
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from openovis.experiments.demo import DEFAULT_RECIPE
 from openovis.processing.collator import OvisCollator, model_inputs
 from openovis.processing.packing import PackingCollator
 from openovis.training.loop import IndexStream
@@ -34,7 +35,7 @@ from openovis.training.run import build_initial_model, build_processor, stage_da
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default="tiny-shapes-curriculum", help="a shipped recipe name or a path")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="a shipped recipe name or a path")
     p.add_argument(
         "--pack-length", type=int, default=None, help="row length (default: the recipe's, else 256)"
     )
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             stream = IndexStream(len(dataset), stage.batch_size, recipe.seed + i)
             figures = {}
             for form, collate in (("padded", padded), (f"packed {pack_length}", packed)):
-                loader = DataLoader(dataset, batch_sampler=replace_start(stream), collate_fn=collate)
-                source = iter(loader)
+                source = iter(DataLoader(dataset, batch_sampler=stream, collate_fn=collate))  # from its start
                 batches = [next(source) for _ in range(args.warmup + args.steps)]
                 model = copy.deepcopy(initial)
                 per_step, rate, waste, losses = run_form(model, batches, args.warmup)
@@ -134,11 +134,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             (base, _), (fast, _) = figures.values()
             print(f"| {stage.name} | packed / padded speed | {base / fast:.2f}x | | | |")
     return rows
-
-
-def replace_start(stream: IndexStream) -> IndexStream:
-    """A fresh copy of ``stream`` from its start (each form reads the same samples)."""
-    return IndexStream(stream.n, stream.batch_size, stream.seed, stream.rank, stream.world, stream.start)
 
 
 if __name__ == "__main__":
