@@ -120,9 +120,9 @@ def test_demo_command_passes_its_options(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_demo_models_read_their_images(tmp_path):
     """The default demo (~7 min on 2 CPU cores, seed 0): both connectors' answers depend on the image,
-    colour and shape answers among them. Accuracy is not asserted. Measured image gaps (3 seeds): +0.57 to +1.04
-    nats; shape +0.46 to +1.50; colour MLP +1.7 to +2.4, VET +1.64 / +0.06 / +1.33 — seed 1's VET
-    reads no colour, seed 0's (this run, bit-reproducible on a CPU) does."""
+    colour and shape answers among them. Accuracy is not asserted. Measured image gaps (3 seeds):
+    +0.57 to +1.04 nats; shape +0.46 to +1.50; colour MLP +1.7 to +2.4, VET +1.64 / +0.06 / +1.33 —
+    seed 1's VET reads no colour, seed 0's (this run, bit-reproducible on a CPU) does."""
     results = run_demo(DemoConfig(out=tmp_path, progress=False))
     for run in results["runs"]:
         check = run["image_check"]

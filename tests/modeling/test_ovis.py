@@ -247,18 +247,21 @@ def test_mlp_out_init_std_scales_only_the_connectors_output_layer():
 
 
 @pytest.mark.parametrize(
-    ("change", "low", "high"),
+    ("recipe", "change", "low", "high"),
     [
-        ({"connector": "vet"}, 0.4, 0.8),  # K = 512: a near-uniform mixture of 507 rows, ~0.6x
-        ({"connector": "vet", "visual_vocab_size": 128}, 0.8, 1.4),  # 4x fewer words, 2x the RMS
-        ({"connector": "mlp"}, 0.8, 1.4),
-        ({"connector": "mlp", "mlp_hidden_size": 128}, 0.4, 0.8),
+        ("tiny-shapes-curriculum", {"connector": "vet"}, 0.4, 0.8),  # K = 512: a near-uniform mixture, ~0.6x
+        ("tiny-shapes-curriculum", {"connector": "vet", "visual_vocab_size": 128}, 0.8, 1.4),  # 2x the RMS
+        ("tiny-shapes-curriculum", {"connector": "mlp"}, 0.8, 1.4),
+        ("tiny-shapes-curriculum", {"connector": "mlp", "mlp_hidden_size": 128}, 0.4, 0.8),
+        ("tiny-shapes-regions", {"connector": "vet"}, 7.0, 13.0),  # tau 1/8: ~one row of std 0.25, ~10x
+        ("tiny-shapes-regions", {"connector": "mlp"}, 0.8, 1.4),
     ],
 )
-def test_demo_init_starts_visual_tokens_near_the_text_scale(change, low, high):
-    """docs/from-scratch-recipe.md §3: the demo recipe's `vte_init_std` / `mlp_out_init_std` put a
-    visual token's initial RMS near a text embedding's (0.02), and where the connector's width moves it."""
-    model_spec = recipe_data("tiny-shapes-curriculum")["model"]
+def test_demo_init_starts_visual_tokens_near_the_text_scale(recipe, change, low, high):
+    """docs/from-scratch-recipe.md §3: the demo recipes' `vte_init_std` / `mlp_out_init_std` put a
+    visual token's initial RMS near a text embedding's (0.02), where the connector's width moves it, and
+    how far above it the regions recipe's low VET temperature puts the VET's (a near one-hot mixture)."""
+    model_spec = recipe_data(recipe)["model"]
     torch.manual_seed(0)
     model = build_model(model_spec["preset"], **{**model_spec["overrides"], **change})
     size = model.config.vision_config.image_size
