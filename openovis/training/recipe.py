@@ -319,21 +319,21 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         if value is not None and inner == classes:
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        return _number(value, where)
     if origin is dict and args == (str, float):  # e.g. module_lr: every value a number
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return {k: _value(float, v, _join(where, str(k))) for k, v in value.items()}
-    if hint is float:
-        return _number(value, where)
+        return {k: _number(v, _join(where, str(k))) for k, v in value.items()}
     if hint in (int, str, bool) and not isinstance(value, hint):
         raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 
 
 def _number(value: Any, where: str) -> float:
-    """A float field's value given as text: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
+    """A float field's value; text is accepted, as YAML 1.1 reads ``1e-3`` (no dot) as a string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             return float(value)
